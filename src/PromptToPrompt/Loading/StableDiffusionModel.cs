@@ -1,0 +1,123 @@
+using System.Text.Json;
+using PromptToPrompt.Models;
+using PromptToPrompt.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PromptToPrompt.Loading;
+
+/// <summary>Where and in which precision to run a model.</summary>
+public sealed record ModelPlacement(Device Device, ScalarType DType)
+{
+    public static ModelPlacement Cpu => new(CPU, ScalarType.Float32);
+
+    /// <summary>Parses user options (<c>cpu</c>, <c>cuda</c>, <c>cuda:1</c>; <c>float32</c>, <c>float16</c>, <c>bfloat16</c>).</summary>
+    public static ModelPlacement Parse(string device, string dtype)
+    {
+        ScalarType type = dtype.ToLowerInvariant() switch
+        {
+            "float32" or "fp32" or "f32" => ScalarType.Float32,
+            "float16" or "fp16" or "f16" or "half" => ScalarType.Float16,
+            "bfloat16" or "bf16" => ScalarType.BFloat16,
+            _ => throw new UserError($"Unknown dtype '{dtype}'. Use float32, float16 or bfloat16."),
+        };
+        Device dev;
+        try { dev = torch.device(device); }
+        catch (Exception) { throw new UserError($"Unknown device '{device}'. Use cpu, cuda or cuda:N."); }
+        if (dev.type == DeviceType.CUDA && !cuda.is_available())
+            throw new UserError($"Device '{device}' was requested but CUDA is not available (install the TorchSharp-cuda package and an NVIDIA driver, or use --device cpu).");
+        return new ModelPlacement(dev, type);
+    }
+}
+
+/// <summary>A loaded Stable Diffusion 1.x / 2.x model: tokenizer, text encoder, UNet, VAE and scheduler settings.</summary>
+public sealed class StableDiffusionModel : IDisposable
+{
+    public required string Name { get; init; }
+    public required ClipTokenizer Tokenizer { get; init; }
+    public required ClipTextModel TextEncoder { get; init; }
+    public required UNet2DConditionModel UNet { get; init; }
+    public required AutoencoderKL Vae { get; init; }
+    public required SchedulerConfig Scheduler { get; init; }
+    public required ModelPlacement Placement { get; init; }
+
+    /// <summary>Latent pixels per image pixel along one side (8 for SD).</summary>
+    public int VaeScale => Vae.Config.DownscaleFactor;
+    /// <summary>The image size the model was trained at (UNet sample_size times the VAE factor).</summary>
+    public int DefaultImageSize => UNet.Config.SampleSize * VaeScale;
+
+    /// <summary>
+    /// Loads a diffusers folder (model_index.json) or a single-file checkpoint (.safetensors in the original
+    /// CompVis / A1111 layout). <paramref name="log"/> receives warnings such as ignored weights.
+    /// </summary>
+    public static StableDiffusionModel Load(string path, ModelPlacement placement, Action<string>? log = null, SingleFileOptions? singleFile = null)
+    {
+        if (Directory.Exists(path)) return LoadDiffusersFolder(path, placement, log);
+        if (File.Exists(path))
+        {
+            if (path.EndsWith(".ckpt", StringComparison.OrdinalIgnoreCase) || path.EndsWith(".pt", StringComparison.OrdinalIgnoreCase))
+                throw new UserError($"{path} is a PyTorch pickle checkpoint, which is not loaded for safety. Convert it to .safetensors and try again.");
+            return SingleFileCheckpoint.Load(path, placement, singleFile ?? new SingleFileOptions(), log);
+        }
+        throw new UserError($"Model not found: {path}. Pass a diffusers model folder (with model_index.json) or a .safetensors checkpoint.");
+    }
+
+    static StableDiffusionModel LoadDiffusersFolder(string folder, ModelPlacement placement, Action<string>? log)
+    {
+        var index = Path.Combine(folder, "model_index.json");
+        if (!File.Exists(index))
+            throw new UserError($"{folder} is not a diffusers model folder (no model_index.json). Pass the folder that contains model_index.json, or a .safetensors checkpoint.");
+        try { JsonDocument.Parse(File.ReadAllText(index)).Dispose(); }
+        catch (JsonException e) { throw new UserError($"{index} is not valid JSON ({e.Message}). Replace the file."); }
+
+        string Sub(string name) => Path.Combine(folder, name);
+        var textConfig = ClipTextConfig.From(ConfigJson.Load(Path.Combine(Sub("text_encoder"), "config.json")));
+        var unetConfig = UNetConfig.From(ConfigJson.Load(Path.Combine(Sub("unet"), "config.json")));
+        var vaeConfig = VaeConfig.From(ConfigJson.Load(Path.Combine(Sub("vae"), "config.json")));
+        var schedulerConfig = SchedulerConfig.From(ConfigJson.Load(Path.Combine(Sub("scheduler"), "scheduler_config.json")));
+        var tokenizer = ClipTokenizer.Load(Sub("tokenizer"));
+        bool preferFp16 = placement.DType != ScalarType.Float32;
+
+        var textEncoder = new ClipTextModel(textConfig);
+        LoadComponent(textEncoder, WeightLoader.ComponentFiles(Sub("text_encoder"), "model", preferFp16), "text_encoder", placement, log, null);
+        var unet = new UNet2DConditionModel(unetConfig);
+        LoadComponent(unet, WeightLoader.ComponentFiles(Sub("unet"), "diffusion_pytorch_model", preferFp16), "unet", placement, log, null);
+        var vae = new AutoencoderKL(vaeConfig);
+        LoadComponent(vae, WeightLoader.ComponentFiles(Sub("vae"), "diffusion_pytorch_model", preferFp16), "vae", placement, log, VaeAttentionNames);
+        return new StableDiffusionModel
+        {
+            Name = Path.GetFileName(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar)),
+            Tokenizer = tokenizer, TextEncoder = textEncoder, UNet = unet, Vae = vae,
+            Scheduler = schedulerConfig, Placement = placement,
+        };
+    }
+
+    /// <summary>Newer diffusers VAE checkpoints name the mid-block attention like the UNet's; map to the original names.</summary>
+    internal static IEnumerable<(string, Func<Tensor, Tensor>?)> VaeAttentionNames(string key)
+    {
+        foreach (var (from, to) in new[] { (".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.") })
+            if (key.Contains(".attentions.") && key.Contains(from))
+                return [(key.Replace(from, to), null)];
+        return [(key, null)];
+    }
+
+    static readonly HashSet<string> KnownBuffers = ["text_model.embeddings.position_ids"];
+
+    static void LoadComponent(nn.Module module, string[] files, string name, ModelPlacement placement, Action<string>? log,
+                              Func<string, IEnumerable<(string, Func<Tensor, Tensor>?)>>? rename)
+    {
+        using var raw = TensorSource.Open($"{name} ({string.Join(", ", files.Select(Path.GetFileName))})", files);
+        using var source = rename is null ? null : raw.Map(raw.Description, rename);
+        var unexpected = WeightLoader.Load(module, source ?? raw, placement.Device, placement.DType, KnownBuffers);
+        if (unexpected.Count > 0)
+            log?.Invoke($"warning: {name}: {unexpected.Count} weight(s) in the file are not used by the model, e.g. {string.Join(", ", unexpected.Take(5))}");
+        module.eval();
+    }
+
+    public void Dispose()
+    {
+        TextEncoder.Dispose();
+        UNet.Dispose();
+        Vae.Dispose();
+    }
+}
