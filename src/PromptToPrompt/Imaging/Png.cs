@@ -1,0 +1,129 @@
+using System.IO.Compression;
+using System.Text;
+using PromptToPrompt.Loading;
+
+namespace PromptToPrompt.Imaging;
+
+/// <summary>
+/// Minimal PNG writer (8-bit RGB, zlib-compressed, Up-filtered rows) with UTF-8 text chunks (iTXt), so every image
+/// carries the parameters that reproduce it; and a reader for those text chunks.
+/// </summary>
+public static class Png
+{
+    static readonly byte[] Signature = [137, 80, 78, 71, 13, 10, 26, 10];
+
+    public static byte[] Encode(RgbImage image, IReadOnlyDictionary<string, string>? text = null)
+    {
+        using var ms = new MemoryStream();
+        ms.Write(Signature);
+        var ihdr = new byte[13];
+        WriteBigEndian(ihdr, 0, (uint)image.Width);
+        WriteBigEndian(ihdr, 4, (uint)image.Height);
+        ihdr[8] = 8; // bit depth
+        ihdr[9] = 2; // colour type RGB
+        WriteChunk(ms, "IHDR", ihdr);
+        foreach (var (key, value) in text ?? new Dictionary<string, string>())
+        {
+            // iTXt: keyword, 0, compression flag 0, method 0, language tag "", 0, translated keyword "", 0, UTF-8 text.
+            var payload = new List<byte>(Encoding.Latin1.GetBytes(key)) { 0, 0, 0, 0, 0 };
+            payload.AddRange(Encoding.UTF8.GetBytes(value));
+            WriteChunk(ms, "iTXt", payload.ToArray());
+        }
+        int stride = image.Width * 3;
+        using (var raw = new MemoryStream())
+        {
+            using (var z = new ZLibStream(raw, CompressionLevel.Optimal, leaveOpen: true))
+            {
+                var row = new byte[stride + 1];
+                for (int y = 0; y < image.Height; y++)
+                {
+                    row[0] = (byte)(y == 0 ? 0 : 2); // filter: none for the first row, Up for the rest
+                    for (int i = 0; i < stride; i++)
+                    {
+                        byte v = image.Pixels[y * stride + i];
+                        row[i + 1] = y == 0 ? v : (byte)(v - image.Pixels[(y - 1) * stride + i]);
+                    }
+                    z.Write(row);
+                }
+            }
+            WriteChunk(ms, "IDAT", raw.ToArray());
+        }
+        WriteChunk(ms, "IEND", []);
+        return ms.ToArray();
+    }
+
+    /// <summary>Writes the PNG atomically (temporary file, then rename).</summary>
+    public static void Save(string path, RgbImage image, IReadOnlyDictionary<string, string>? text = null)
+    {
+        var bytes = Encode(image, text);
+        AtomicFile.Write(path, s => s.Write(bytes));
+    }
+
+    /// <summary>The tEXt and iTXt entries of a PNG file.</summary>
+    public static Dictionary<string, string> ReadText(string path)
+    {
+        var data = File.ReadAllBytes(path);
+        var result = new Dictionary<string, string>();
+        int pos = 8;
+        while (pos + 8 <= data.Length)
+        {
+            int length = (int)ReadBigEndian(data, pos);
+            string type = Encoding.ASCII.GetString(data, pos + 4, 4);
+            var body = data.AsSpan(pos + 8, length);
+            if (type is "tEXt" or "iTXt")
+            {
+                int zero = body.IndexOf((byte)0);
+                string key = Encoding.Latin1.GetString(body[..zero]);
+                if (type == "tEXt") result[key] = Encoding.Latin1.GetString(body[(zero + 1)..]);
+                else
+                {
+                    var rest = body[(zero + 3)..];
+                    int lang = rest.IndexOf((byte)0);
+                    rest = rest[(lang + 1)..];
+                    int translated = rest.IndexOf((byte)0);
+                    result[key] = Encoding.UTF8.GetString(rest[(translated + 1)..]);
+                }
+            }
+            if (type == "IEND") break;
+            pos += 12 + length;
+        }
+        return result;
+    }
+
+    static void WriteChunk(Stream s, string type, byte[] data)
+    {
+        var header = new byte[8];
+        WriteBigEndian(header, 0, (uint)data.Length);
+        Encoding.ASCII.GetBytes(type, 0, 4, header, 4);
+        s.Write(header);
+        s.Write(data);
+        uint crc = Crc32(header.AsSpan(4, 4), 0xFFFFFFFFu);
+        crc = Crc32(data, crc) ^ 0xFFFFFFFFu;
+        var c = new byte[4];
+        WriteBigEndian(c, 0, crc);
+        s.Write(c);
+    }
+
+    static readonly uint[] CrcTable = Enumerable.Range(0, 256).Select(n =>
+    {
+        uint c = (uint)n;
+        for (int k = 0; k < 8; k++) c = (c & 1) != 0 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        return c;
+    }).ToArray();
+
+    static uint Crc32(ReadOnlySpan<byte> data, uint crc)
+    {
+        foreach (var b in data) crc = CrcTable[(crc ^ b) & 0xFF] ^ (crc >> 8);
+        return crc;
+    }
+
+    static void WriteBigEndian(byte[] buffer, int offset, uint value)
+    {
+        buffer[offset] = (byte)(value >> 24);
+        buffer[offset + 1] = (byte)(value >> 16);
+        buffer[offset + 2] = (byte)(value >> 8);
+        buffer[offset + 3] = (byte)value;
+    }
+
+    static uint ReadBigEndian(byte[] b, int o) => (uint)(b[o] << 24 | b[o + 1] << 16 | b[o + 2] << 8 | b[o + 3]);
+}

@@ -1,0 +1,215 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using PromptToPrompt.Imaging;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Models;
+using PromptToPrompt.Schedulers;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PromptToPrompt.Pipelines;
+
+/// <summary>Progress of a denoising loop: <see cref="Step"/> of <see cref="Total"/> UNet evaluations done.</summary>
+public readonly record struct StepProgress(int Step, int Total, TimeSpan Elapsed)
+{
+    public double StepsPerSecond => Elapsed.TotalSeconds > 0 ? Step / Elapsed.TotalSeconds : 0;
+    public TimeSpan Remaining => Step > 0 ? TimeSpan.FromSeconds(Elapsed.TotalSeconds / Step * (Total - Step)) : TimeSpan.Zero;
+}
+
+/// <summary>
+/// Observes (and may change) a denoising run: sees each step begin, and may replace the latents after each
+/// scheduler step. Attention controllers implement it together with <see cref="IAttentionHook"/>.
+/// </summary>
+public interface IDenoisingObserver
+{
+    void OnStepStart(int stepIndex, int totalSteps);
+    Tensor OnStepEnd(int stepIndex, Tensor latents);
+}
+
+/// <summary>What to generate. Width and height default to the model's size (or the initial latent's).</summary>
+public sealed record GenerationRequest
+{
+    public required IReadOnlyList<string> Prompts { get; init; }
+    public string NegativePrompt { get; init; } = "";
+    public int Steps { get; init; } = 50;
+    public double GuidanceScale { get; init; } = 7.5;
+    /// <summary>pndm, ddim, euler or dpmpp-2m; null = the model's own scheduler.</summary>
+    public string? Scheduler { get; init; }
+    public long Seed { get; init; }
+    /// <summary>x_T [1 or N, C, H/8, W/8]; when given, the seed is not used for the initial noise.</summary>
+    public Tensor? InitialLatent { get; init; }
+    public int? Width { get; init; }
+    public int? Height { get; init; }
+}
+
+/// <summary>Final latents (before VAE decoding, [N, C, h, w], float32 on the CPU) and the decoded images.</summary>
+public sealed record GenerationResult(Tensor Latents, RgbImage[] Images, IReadOnlyDictionary<string, string> Parameters);
+
+/// <summary>
+/// Text-to-image with classifier-free guidance, following the reference: text batch
+/// <c>[uncond_0..uncond_{N-1}, cond_0..cond_{N-1}]</c>, <c>noise = e_u + g (e_c - e_u)</c>, scheduler step, then
+/// the observer's step callback. Latents are kept in float32; the models run in the placement's dtype.
+/// </summary>
+public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<string>? log = null)
+{
+    public StableDiffusionModel Model => model;
+    Device Device => model.Placement.Device;
+    ScalarType DType => model.Placement.DType;
+
+    /// <summary>Text embeddings [N, L, D] of the prompts; warns when a prompt is longer than the encoder reads.</summary>
+    public Tensor EncodePrompts(IReadOnlyList<string> prompts)
+    {
+        using var scope = NewDisposeScope();
+        var ids = new List<long>();
+        foreach (var p in prompts)
+        {
+            var t = model.Tokenizer.Tokenize(p);
+            if (t.Truncated)
+                log?.Invoke($"warning: the prompt \"{Shorten(p)}\" is longer than the {model.Tokenizer.MaxLength - 2} tokens the text encoder reads; the rest is ignored.");
+            ids.AddRange(t.Ids);
+        }
+        using var _ = no_grad();
+        var input = tensor(ids.ToArray(), [prompts.Count, model.Tokenizer.MaxLength]).to(Device);
+        return model.TextEncoder.forward(input).MoveToOuterDisposeScope();
+    }
+
+    static string Shorten(string s) => s.Length <= 60 ? s : s[..57] + "...";
+
+    /// <summary>Checks a width/height pair and returns the latent size.</summary>
+    public (int Width, int Height) ResolveSize(int? width, int? height, Tensor? latent)
+    {
+        int f = model.VaeScale;
+        int w = width ?? (latent is null ? model.DefaultImageSize : (int)latent.shape[3] * f);
+        int h = height ?? (latent is null ? model.DefaultImageSize : (int)latent.shape[2] * f);
+        foreach (var (name, v) in new[] { ("width", w), ("height", h) })
+            if (v <= 0 || v % f != 0)
+                throw new UserError($"{name} {v} is not a positive multiple of {f}. Use a {name} divisible by {f}, e.g. {Math.Max(f, (v + f / 2) / f * f)}.");
+        return (w, h);
+    }
+
+    /// <summary>
+    /// Initial noise: <c>torch.randn([count, C, h, w], generator=torch.Generator().manual_seed(seed))</c> on the CPU
+    /// (bit-identical to PyTorch's CPU generator), then moved to the device.
+    /// </summary>
+    public Tensor InitialNoise(long seed, int count, int width, int height)
+    {
+        using var generator = new Generator((ulong)seed, CPU);
+        int f = model.VaeScale;
+        return randn([count, model.UNet.Config.InChannels, height / f, width / f], ScalarType.Float32, CPU, generator: generator);
+    }
+
+    /// <summary>Validates a user-supplied x_T against the model and size.</summary>
+    public void CheckLatent(Tensor latent, int width, int height, int batch)
+    {
+        int f = model.VaeScale;
+        long[] expected = [1, model.UNet.Config.InChannels, height / f, width / f];
+        bool ok = latent.dim() == 4 && (latent.shape[0] == 1 || latent.shape[0] == batch) && latent.shape[1..].SequenceEqual(expected[1..]);
+        if (!ok)
+            throw new UserError($"The initial latent has shape [{string.Join(", ", latent.shape)}] but this model and size need " +
+                                $"[1, {expected[1]}, {expected[2]}, {expected[3]}] (or {batch} in the first dimension). Use a latent saved for this model and size.");
+    }
+
+    /// <summary>
+    /// The denoising loop. <paramref name="latents"/> [N, C, h, w] (already scaled by the scheduler's init sigma);
+    /// <paramref name="uncond"/> and <paramref name="cond"/> [N, L, D]. Returns the final latents (float32).
+    /// </summary>
+    public Tensor Denoise(Tensor latents, Tensor uncond, Tensor cond, IScheduler scheduler, double guidance,
+                          IDenoisingObserver? observer = null, IProgress<StepProgress>? progress = null)
+    {
+        using var _ = no_grad();
+        bool cfg = guidance != 1.0;
+        using var context = (cfg ? cat([uncond, cond], 0) : cond).to(DType).to(Device);
+        var x = latents.to(ScalarType.Float32).to(Device);
+        int total = scheduler.Timesteps.Count;
+        var clock = Stopwatch.StartNew();
+        for (int i = 0; i < total; i++)
+        {
+            using var scope = NewDisposeScope();
+            observer?.OnStepStart(i, total);
+            var input = scheduler.ScaleModelInput(cfg ? cat([x, x], 0) : x, i);
+            using var t = tensor((float)scheduler.Timesteps[i], ScalarType.Float32, Device);
+            var output = model.UNet.forward(input.to(DType), t, context).to(ScalarType.Float32);
+            Tensor noise;
+            if (cfg)
+            {
+                var halves = output.chunk(2, 0);
+                noise = halves[0] + guidance * (halves[1] - halves[0]);
+            }
+            else noise = output;
+            var next = scheduler.Step(noise, i, x);
+            if (observer is not null) next = observer.OnStepEnd(i, next);
+            next.MoveToOuterDisposeScope();
+            if (!ReferenceEquals(x, latents)) x.Dispose();
+            x = next;
+            progress?.Report(new StepProgress(i + 1, total, clock.Elapsed));
+        }
+        return x;
+    }
+
+    /// <summary>Decodes diffusion latents [N, C, h, w] to images, one at a time to bound memory.</summary>
+    public RgbImage[] Decode(Tensor latents)
+    {
+        using var _ = no_grad();
+        var images = new List<RgbImage>();
+        for (int i = 0; i < latents.shape[0]; i++)
+        {
+            using var scope = NewDisposeScope();
+            var z = (latents[i..(i + 1)].to(ScalarType.Float32) / model.Vae.Config.ScalingFactor).to(DType).to(Device);
+            images.AddRange(RgbImage.FromDecoded(model.Vae.Decode(z)));
+        }
+        return images.ToArray();
+    }
+
+    /// <summary>Encodes an image batch [N, 3, H, W] in [-1, 1] to diffusion latents (posterior mean times the scaling factor).</summary>
+    public Tensor Encode(Tensor image)
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var (mean, _) = model.Vae.Encode(image.to(DType).to(Device));
+        return (mean.to(ScalarType.Float32) * model.Vae.Config.ScalingFactor).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Plain text-to-image generation.</summary>
+    public GenerationResult Generate(GenerationRequest request, IProgress<StepProgress>? progress = null)
+    {
+        if (request.Prompts.Count == 0) throw new UserError("Give at least one prompt.");
+        var schedulerName = request.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler);
+        var scheduler = Schedulers.Schedulers.Create(schedulerName, model.Scheduler, request.Steps);
+        var (width, height) = ResolveSize(request.Width, request.Height, request.InitialLatent);
+        int n = request.Prompts.Count;
+        using var scope = NewDisposeScope();
+        Tensor latents;
+        if (request.InitialLatent is { } given)
+        {
+            CheckLatent(given, width, height, n);
+            latents = given.to(ScalarType.Float32).expand(n, -1, -1, -1).contiguous();
+        }
+        else latents = InitialNoise(request.Seed, n, width, height);
+        latents = latents * scheduler.InitNoiseSigma;
+
+        var cond = EncodePrompts(request.Prompts);
+        var uncond = EncodePrompts(Enumerable.Repeat(request.NegativePrompt, n).ToList());
+        var final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, null, progress);
+        var images = Decode(final);
+        var parameters = Parameters(request, schedulerName, width, height);
+        return new GenerationResult(final.cpu().MoveToOuterDisposeScope(), images, parameters);
+    }
+
+    /// <summary>PNG text entries that reproduce a generation: a readable summary and a JSON record.</summary>
+    public Dictionary<string, string> Parameters(GenerationRequest r, string scheduler, int width, int height)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var seed = r.InitialLatent is null ? r.Seed.ToString(inv) : "(initial latent)";
+        var summary = $"{string.Join(" | ", r.Prompts)}\nNegative prompt: {r.NegativePrompt}\n" +
+                      string.Format(inv, "Steps: {0}, Sampler: {1}, CFG scale: {2}, Seed: {3}, Size: {4}x{5}, Model: {6}, Dtype: {7}",
+                          r.Steps, scheduler, r.GuidanceScale, seed, width, height, model.Name, DType.ToString().ToLowerInvariant());
+        var json = JsonSerializer.Serialize(new Dictionary<string, object?>
+        {
+            ["prompts"] = r.Prompts, ["negative_prompt"] = r.NegativePrompt, ["seed"] = r.InitialLatent is null ? r.Seed : null,
+            ["steps"] = r.Steps, ["guidance_scale"] = r.GuidanceScale, ["scheduler"] = scheduler, ["width"] = width, ["height"] = height,
+            ["model"] = model.Name, ["dtype"] = DType.ToString().ToLowerInvariant(), ["device"] = Device.ToString(),
+        });
+        return new Dictionary<string, string> { ["parameters"] = summary, ["prompt-to-prompt"] = json };
+    }
+}
