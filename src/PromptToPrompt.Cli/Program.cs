@@ -1,1 +1,8 @@
-Console.WriteLine("p2p");
+using System.CommandLine;
+using PromptToPrompt.Cli;
+
+var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diffusion (TorchSharp).")
+{
+    GenerateCommand.Create(),
+};
+return root.Parse(args).Invoke();

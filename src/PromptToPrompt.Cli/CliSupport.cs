@@ -1,0 +1,99 @@
+using System.CommandLine;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Pipelines;
+
+namespace PromptToPrompt.Cli;
+
+/// <summary>Options shared by the commands and the error handling every command uses.</summary>
+static class CliSupport
+{
+    public static Option<string> Model() => new("--model", "-m")
+    {
+        Description = "Diffusers model folder (with model_index.json) or single-file .safetensors checkpoint.",
+        Required = true,
+    };
+    public static Option<int> Steps(int fallback = 50) => new("--steps") { Description = "Denoising steps.", DefaultValueFactory = _ => fallback };
+    public static Option<double> Guidance() => new("--guidance") { Description = "Classifier-free guidance scale.", DefaultValueFactory = _ => 7.5 };
+    public static Option<long?> Seed() => new("--seed") { Description = "Random seed of the initial noise (random if omitted; always recorded in the PNG)." };
+    public static Option<string?> Scheduler() => new("--scheduler")
+    {
+        Description = "pndm, ddim, euler or dpmpp-2m (default: the model's own scheduler).",
+    };
+    public static Option<int?> Width() => new("--width") { Description = "Image width in pixels, a multiple of 8 (default: the model's size)." };
+    public static Option<int?> Height() => new("--height") { Description = "Image height in pixels, a multiple of 8 (default: the model's size)." };
+    public static Option<string> Device() => new("--device") { Description = "cpu, cuda or cuda:N.", DefaultValueFactory = _ => "cpu" };
+    public static Option<string> DType() => new("--dtype") { Description = "float32, float16 or bfloat16.", DefaultValueFactory = _ => "float32" };
+    public static Option<string?> Tokenizer() => new("--tokenizer")
+    {
+        Description = "For single-file checkpoints: a folder with the CLIP tokenizer (vocab.json, merges.txt).",
+    };
+    public static Option<string?> PredictionType() => new("--prediction-type")
+    {
+        Description = "For single-file checkpoints: epsilon or v_prediction (SD 2.x 768-v models).",
+    };
+    public static Option<bool> Overwrite() => new("--overwrite") { Description = "Replace existing output files." };
+
+    /// <summary>Runs a command body: user errors become one line on stderr and exit code 1.</summary>
+    public static int Run(Func<int> body)
+    {
+        try
+        {
+            return body();
+        }
+        catch (UserError e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 1;
+        }
+        catch (OperationCanceledException)
+        {
+            Console.Error.WriteLine("cancelled.");
+            return 130;
+        }
+        catch (Exception e) when (Environment.GetEnvironmentVariable("P2P_DEBUG") is null)
+        {
+            Console.Error.WriteLine($"error: {e.GetType().Name}: {e.Message}");
+            Console.Error.WriteLine("This is unexpected; rerun with P2P_DEBUG=1 for the full trace and report it.");
+            return 2;
+        }
+    }
+
+    public static StableDiffusionModel LoadModel(string path, string device, string dtype, string? tokenizer, string? predictionType)
+    {
+        var placement = ModelPlacement.Parse(device, dtype);
+        Console.Error.WriteLine($"loading {path} ({placement.DType.ToString().ToLowerInvariant()} on {placement.Device})...");
+        return StableDiffusionModel.Load(path, placement, Warn, new SingleFileOptions(tokenizer, predictionType));
+    }
+
+    public static void Warn(string message) => Console.Error.WriteLine(message);
+
+    /// <summary>Reads the tensor <c>latent</c> from a safetensors file.</summary>
+    public static TorchSharp.torch.Tensor ReadLatent(string path)
+    {
+        using var file = new SafetensorsFile(path);
+        if (!file.Entries.ContainsKey("latent"))
+            throw new UserError($"{path} has no tensor named 'latent' (it has: {string.Join(", ", file.Entries.Keys)}). " +
+                                "Save the initial latent as a tensor named 'latent' of shape [1, C, H/8, W/8].");
+        return file.Read("latent").to(TorchSharp.torch.ScalarType.Float32);
+    }
+}
+
+/// <summary>A progress line on stderr: step, it/s, ETA. Redraws in place on a terminal; one line per step otherwise.</summary>
+sealed class ConsoleProgress(string label) : IProgress<StepProgress>
+{
+    readonly bool _interactive = !Console.IsErrorRedirected;
+
+    public void Report(StepProgress p)
+    {
+        const int width = 24;
+        int filled = p.Total == 0 ? width : p.Step * width / p.Total;
+        var bar = new string('#', filled) + new string('-', width - filled);
+        var line = $"{label} [{bar}] step {p.Step}/{p.Total}  {p.StepsPerSecond:0.00} it/s  ETA {p.Remaining:m\\:ss}";
+        if (_interactive)
+        {
+            Console.Error.Write("\r" + line);
+            if (p.Step == p.Total) Console.Error.WriteLine();
+        }
+        else Console.Error.WriteLine(line);
+    }
+}

@@ -1,0 +1,86 @@
+using System.CommandLine;
+using PromptToPrompt.Imaging;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Pipelines;
+
+namespace PromptToPrompt.Cli;
+
+/// <summary><c>p2p generate</c>: plain text-to-image.</summary>
+static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var model = CliSupport.Model();
+        var prompt = new Option<string[]>("--prompt", "-p") { Description = "Prompt (repeat for a batch).", Required = true };
+        var negative = new Option<string>("--negative-prompt") { Description = "Negative prompt (replaces the empty unconditional prompt).", DefaultValueFactory = _ => "" };
+        var seed = CliSupport.Seed();
+        var steps = CliSupport.Steps();
+        var guidance = CliSupport.Guidance();
+        var scheduler = CliSupport.Scheduler();
+        var width = CliSupport.Width();
+        var height = CliSupport.Height();
+        var device = CliSupport.Device();
+        var dtype = CliSupport.DType();
+        var latent = new Option<string?>("--latent") { Description = "Initial latent x_T: a safetensors file with a tensor 'latent' [1, C, H/8, W/8]." };
+        var saveLatents = new Option<string?>("--save-latents") { Description = "Write the final latents (before VAE decoding) as tensor 'latents' [N, C, H/8, W/8]." };
+        var tokenizer = CliSupport.Tokenizer();
+        var prediction = CliSupport.PredictionType();
+        var overwrite = CliSupport.Overwrite();
+        var output = new Option<string>("--out", "-o") { Description = "Output PNG (with several prompts: NAME_0.png, NAME_1.png, ...).", Required = true };
+
+        var command = new Command("generate", "Generate images from text.")
+        {
+            model, prompt, negative, seed, steps, guidance, scheduler, width, height, device, dtype, latent, saveLatents,
+            tokenizer, prediction, overwrite, output,
+        };
+        command.SetAction(r => CliSupport.Run(() =>
+        {
+            var prompts = r.GetValue(prompt)!;
+            var outPaths = OutputPaths(r.GetValue(output)!, prompts.Length);
+            var latentsPath = r.GetValue(saveLatents);
+            bool replace = r.GetValue(overwrite);
+            foreach (var p in outPaths.Append(latentsPath).OfType<string>()) AtomicFile.EnsureWritable(p, replace);
+            var schedulerName = r.GetValue(scheduler);
+            if (schedulerName is not null && !Schedulers.Schedulers.Names.Contains(schedulerName))
+                throw new UserError($"Unknown scheduler '{schedulerName}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
+            using var initial = r.GetValue(latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
+            long seedValue = r.GetValue(seed) ?? Random.Shared.NextInt64(0, 1L << 32);
+
+            using var sd = CliSupport.LoadModel(r.GetValue(model)!, r.GetValue(device)!, r.GetValue(dtype)!, r.GetValue(tokenizer), r.GetValue(prediction));
+            var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
+            var request = new GenerationRequest
+            {
+                Prompts = prompts, NegativePrompt = r.GetValue(negative)!, Steps = r.GetValue(steps), GuidanceScale = r.GetValue(guidance),
+                Scheduler = schedulerName, Seed = seedValue, InitialLatent = initial, Width = r.GetValue(width), Height = r.GetValue(height),
+            };
+            if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
+            var result = pipeline.Generate(request, new ConsoleProgress("denoising"));
+            using (result.Latents)
+            {
+                for (int i = 0; i < prompts.Length; i++)
+                {
+                    var text = new Dictionary<string, string>(result.Parameters) { ["prompt"] = prompts[i] };
+                    Png.Save(outPaths[i], result.Images[i], text);
+                    Console.WriteLine(outPaths[i]);
+                }
+                if (latentsPath is not null)
+                {
+                    SafetensorsFile.Write(latentsPath, new Dictionary<string, TorchSharp.torch.Tensor> { ["latents"] = result.Latents },
+                        new Dictionary<string, string>(result.Parameters));
+                    Console.WriteLine(latentsPath);
+                }
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    static string[] OutputPaths(string path, int count)
+    {
+        if (!path.EndsWith(".png", StringComparison.OrdinalIgnoreCase))
+            throw new UserError($"--out {path}: the output must be a .png file.");
+        if (count == 1) return [path];
+        var stem = path[..^4];
+        return Enumerable.Range(0, count).Select(i => $"{stem}_{i}.png").ToArray();
+    }
+}
