@@ -1,0 +1,86 @@
+using System.Diagnostics;
+using PromptToPrompt.Imaging;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Tests.Conformance;
+
+namespace PromptToPrompt.Tests.Unit;
+
+/// <summary>The p2p command as a user runs it: exit codes, one-line errors, outputs and their metadata.</summary>
+public class CliTests
+{
+    public static (int Code, string Out, string Err) RunP2P(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "p2p.dll"));
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.WaitForExit();
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    [Fact]
+    public void Generate_writes_png_and_latents_with_parameters()
+    {
+        using var dir = new TempDir();
+        var (code, stdout, stderr) = RunP2P("generate", "--model", ConformanceData.ModelPath, "--prompt", "a red fox", "--seed", "7",
+            "--steps", "3", "--scheduler", "ddim", "--width", "128", "--height", "96", "--out", dir.File("fox.png"), "--save-latents", dir.File("z.safetensors"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains("step 3/3", stderr);
+        Assert.Contains("it/s", stderr);
+        Assert.Contains(dir.File("fox.png"), stdout);
+        var text = Png.ReadText(dir.File("fox.png"));
+        Assert.Contains("Seed: 7", text["parameters"]);
+        Assert.Contains("Sampler: ddim", text["parameters"]);
+        Assert.Contains("\"steps\":3", text["prompt-to-prompt"]);
+        using var latents = new SafetensorsFile(dir.File("z.safetensors"));
+        Assert.Equal([1L, 4, 12, 16], latents.Entries["latents"].Shape);
+        Assert.Equal((128, 96), (RgbImage.Load(dir.File("fox.png")).Width, RgbImage.Load(dir.File("fox.png")).Height));
+    }
+
+    [Fact]
+    public void Generate_from_a_latent_file_matches_its_size()
+    {
+        using var dir = new TempDir();
+        SafetensorsFile.Write(dir.File("x.safetensors"), new Dictionary<string, TorchSharp.torch.Tensor> { ["latent"] = TorchSharp.torch.randn(1, 4, 8, 16) });
+        var (code, _, stderr) = RunP2P("generate", "--model", ConformanceData.ModelPath, "--prompt", "x", "--steps", "2",
+            "--latent", dir.File("x.safetensors"), "--out", dir.File("o.png"));
+        Assert.True(code == 0, stderr);
+        Assert.Equal(128, RgbImage.Load(dir.File("o.png")).Width);
+        Assert.Equal(64, RgbImage.Load(dir.File("o.png")).Height);
+    }
+
+    [Theory]
+    [InlineData("--model|/no/such/model", "Model not found: /no/such/model")]
+    [InlineData("--width|100", "width 100 is not a positive multiple of 8")]
+    [InlineData("--scheduler|lms", "Unknown scheduler 'lms'")]
+    [InlineData("--dtype|float8", "Unknown dtype 'float8'")]
+    [InlineData("--latent|/no/such.safetensors", "Weights file not found")]
+    public void Bad_input_is_one_line_nonzero_and_writes_nothing(string extra, string message)
+    {
+        using var dir = new TempDir();
+        var args = new List<string> { "generate", "--prompt", "x", "--steps", "2", "--out", dir.File("o.png") };
+        var parts = extra.Split('|');
+        if (parts[0] != "--model") args.AddRange(["--model", ConformanceData.ModelPath]);
+        args.AddRange(parts);
+        var (code, _, stderr) = RunP2P(args.ToArray());
+        Assert.NotEqual(0, code);
+        var errors = stderr.Split('\n').Where(l => l.StartsWith("error:")).ToList();
+        Assert.Single(errors);
+        Assert.Contains(message, errors[0]);
+        Assert.DoesNotContain("   at ", stderr);
+        Assert.Empty(Directory.GetFiles(dir.Path));
+    }
+
+    [Fact]
+    public void Existing_outputs_are_not_replaced_without_overwrite()
+    {
+        using var dir = new TempDir();
+        File.WriteAllText(dir.File("o.png"), "mine");
+        var (code, _, stderr) = RunP2P("generate", "--model", ConformanceData.ModelPath, "--prompt", "x", "--steps", "1", "--out", dir.File("o.png"));
+        Assert.Equal(1, code);
+        Assert.Contains("--overwrite", stderr);
+        Assert.Equal("mine", File.ReadAllText(dir.File("o.png")));
+    }
+}
