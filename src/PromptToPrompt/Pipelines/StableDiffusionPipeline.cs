@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using PromptToPrompt.Control;
 using PromptToPrompt.Imaging;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Models;
@@ -15,16 +16,6 @@ public readonly record struct StepProgress(int Step, int Total, TimeSpan Elapsed
 {
     public double StepsPerSecond => Elapsed.TotalSeconds > 0 ? Step / Elapsed.TotalSeconds : 0;
     public TimeSpan Remaining => Step > 0 ? TimeSpan.FromSeconds(Elapsed.TotalSeconds / Step * (Total - Step)) : TimeSpan.Zero;
-}
-
-/// <summary>
-/// Observes (and may change) a denoising run: sees each step begin, and may replace the latents after each
-/// scheduler step. Attention controllers implement it together with <see cref="IAttentionHook"/>.
-/// </summary>
-public interface IDenoisingObserver
-{
-    void OnStepStart(int stepIndex, int totalSteps);
-    Tensor OnStepEnd(int stepIndex, Tensor latents);
 }
 
 /// <summary>What to generate. Width and height default to the model's size (or the initial latent's).</summary>
@@ -170,8 +161,12 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         return (mean.to(ScalarType.Float32) * model.Vae.Config.ScalingFactor).MoveToOuterDisposeScope();
     }
 
-    /// <summary>Plain text-to-image generation.</summary>
-    public GenerationResult Generate(GenerationRequest request, IProgress<StepProgress>? progress = null)
+    /// <summary>
+    /// Text-to-image generation, optionally under an attention controller (Prompt-to-Prompt). Without a controller
+    /// each prompt gets its own noise (as diffusers draws it); with one, all prompts share one x_T
+    /// (<c>[1, C, h, w]</c>, broadcast), as the reference's <c>text2image_ldm_stable</c> does.
+    /// </summary>
+    public GenerationResult Generate(GenerationRequest request, IProgress<StepProgress>? progress = null, AttentionController? controller = null)
     {
         if (request.Prompts.Count == 0) throw new UserError("Give at least one prompt.");
         var schedulerName = request.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler);
@@ -185,12 +180,14 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
             CheckLatent(given, width, height, n);
             latents = given.to(ScalarType.Float32).expand(n, -1, -1, -1).contiguous();
         }
-        else latents = InitialNoise(request.Seed, n, width, height);
+        else latents = InitialNoise(request.Seed, controller is null ? n : 1, width, height).expand(n, -1, -1, -1);
         latents = latents * scheduler.InitNoiseSigma;
 
         var cond = EncodePrompts(request.Prompts);
         var uncond = EncodePrompts(Enumerable.Repeat(request.NegativePrompt, n).ToList());
-        var final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, null, progress);
+        Tensor final;
+        using (model.UNet.Hooks.Use(controller))
+            final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, progress);
         var images = Decode(final);
         var parameters = Parameters(request, schedulerName, width, height);
         return new GenerationResult(final.cpu().MoveToOuterDisposeScope(), images, parameters);

@@ -58,16 +58,18 @@ public static class TensorAssert
 {
     public static double MaxAbsDiff(Tensor expected, Tensor actual)
     {
-        Assert.Equal(expected.shape, actual.shape);
+        Assert.True(expected.shape.SequenceEqual(actual.shape), $"shape [{string.Join(",", expected.shape)}] expected, got [{string.Join(",", actual.shape)}]");
         using var d = (expected.to(ScalarType.Float64) - actual.to(ScalarType.Float64)).abs().max();
         return d.item<double>();
     }
 
-    public static void Close(Tensor expected, Tensor actual, double maxAbs, string what)
+    /// <summary>Asserts max |expected - actual| &lt;= maxAbs and returns the difference.</summary>
+    public static double Close(Tensor expected, Tensor actual, double maxAbs, string what)
     {
         double diff = MaxAbsDiff(expected, actual);
         using var m = expected.to(ScalarType.Float64).abs().max();
         Assert.True(diff <= maxAbs, $"{what}: max |diff| = {diff:E3} exceeds {maxAbs:E1} (reference max |x| = {m.item<double>():G4})");
+        return diff;
     }
 
     public static void Equal(Tensor expected, Tensor actual, string what)

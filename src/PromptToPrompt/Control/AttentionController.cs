@@ -1,0 +1,54 @@
+using PromptToPrompt.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PromptToPrompt.Control;
+
+/// <summary>
+/// Observes (and may change) a denoising run: sees each step begin, and may replace the latents after each
+/// scheduler step. Attention controllers implement it together with <see cref="Models.IAttentionHook"/>.
+/// </summary>
+public interface IDenoisingObserver
+{
+    void OnStepStart(int stepIndex, int totalSteps);
+    Tensor OnStepEnd(int stepIndex, Tensor latents);
+}
+
+
+/// <summary>
+/// Base of every attention controller: a per-run object installed as the UNet's attention hook and as the
+/// pipeline's step observer. It sees the probabilities of the conditional half of the classifier-free-guidance
+/// batch only (rows <c>[N*heads, 2N*heads)</c> of <c>[uncond_0..uncond_{N-1}, cond_0..cond_{N-1}]</c>), reshaped to
+/// <c>[N, heads, queries, keys]</c> with prompt 0 the source; the unconditional half is never touched.
+/// </summary>
+public abstract class AttentionController(int promptCount) : IAttentionHook, IDenoisingObserver
+{
+    /// <summary>Number of prompts in the batch (source plus targets).</summary>
+    public int PromptCount { get; } = promptCount;
+    /// <summary>Index of the current UNet evaluation (the reference's <c>cur_step</c>).</summary>
+    public int CurrentStep { get; private set; }
+
+    public abstract bool Needs(in AttentionCall call);
+
+    /// <summary>Edits (or just observes) the conditional maps [N, heads, q, k]; returns the maps to use.</summary>
+    protected abstract Tensor OnConditionalMaps(in AttentionCall call, Tensor maps);
+
+    public Tensor Edit(in AttentionCall call, Tensor probabilities)
+    {
+        int heads = call.Layer.Heads, n = PromptCount;
+        long rows = probabilities.shape[0], q = probabilities.shape[1], k = probabilities.shape[2];
+        if (rows == 2L * n * heads)
+        {
+            var halves = probabilities.split([n * heads, n * heads], 0);
+            var cond = OnConditionalMaps(call, halves[1].reshape(n, heads, q, k));
+            return cat([halves[0], cond.reshape(n * heads, q, k)], 0);
+        }
+        if (rows == (long)n * heads)
+            return OnConditionalMaps(call, probabilities.reshape(n, heads, q, k)).reshape(rows, q, k);
+        throw new InvalidOperationException($"Attention batch of {rows / heads} does not match the controller's {n} prompts.");
+    }
+
+    public virtual void OnStepStart(int stepIndex, int totalSteps) => CurrentStep = stepIndex;
+
+    public virtual Tensor OnStepEnd(int stepIndex, Tensor latents) => latents;
+}
