@@ -4,5 +4,6 @@ using PromptToPrompt.Cli;
 var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diffusion (TorchSharp).")
 {
     GenerateCommand.Create(),
+    EditCommand.Create(),
 };
 return root.Parse(args).Invoke();

@@ -1,0 +1,192 @@
+using System.CommandLine;
+using System.Globalization;
+using System.Text.Json.Nodes;
+using PromptToPrompt.Control;
+using PromptToPrompt.Imaging;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Pipelines;
+
+namespace PromptToPrompt.Cli;
+
+/// <summary><c>p2p edit</c>: Prompt-to-Prompt from a spec file or from flags.</summary>
+static class EditCommand
+{
+    public static Command Create()
+    {
+        var spec = new Option<string?>("--spec") { Description = "Edit spec (JSON) with the reference's field names; see README." };
+        var model = new Option<string?>("--model", "-m") { Description = "Model folder or .safetensors checkpoint (or 'model' in the spec)." };
+        var prompt = new Option<string?>("--prompt", "-p") { Description = "Source prompt." };
+        var target = new Option<string[]>("--target", "-t") { Description = "Edited prompt (repeat for several; default: the source prompt, for re-weighting)." };
+        var edit = new Option<string?>("--edit") { Description = "replace, refine, reweight or store (default: replace when the prompts have the same number of words, else refine)." };
+        var cross = new Option<string?>("--cross-replace") { Description = "cross_replace_steps: 0.8, 0.2,0.8, or per word: default=1.0,car=0.2 (default 0.8)." };
+        var self = new Option<string?>("--self-replace") { Description = "self_replace_steps: 0.4 or 0,0.4 (default 0.4)." };
+        var blend = new Option<string?>("--blend") { Description = "Local blend words per prompt, ';' between prompts, ',' between words: \"bicycle;car\"." };
+        var threshold = new Option<double?>("--blend-threshold") { Description = "Local blend threshold (default 0.3)." };
+        var reweight = new Option<string[]>("--reweight") { Description = "word=value: scale a word's attention in the edited prompt (repeatable; -2..5 is typical)." };
+        var variant = new Option<string?>("--variant") { Description = "Reference variant: prompt_to_prompt (default) or null_text." };
+        var negative = new Option<string?>("--negative-prompt") { Description = "Negative prompt (replaces the empty unconditional prompt)." };
+        var seed = CliSupport.Seed();
+        var steps = new Option<int?>("--steps") { Description = "Denoising steps (default 50)." };
+        var guidance = new Option<double?>("--guidance") { Description = "Classifier-free guidance scale (default 7.5)." };
+        var scheduler = CliSupport.Scheduler();
+        var width = CliSupport.Width();
+        var height = CliSupport.Height();
+        var latent = new Option<string?>("--latent") { Description = "Initial latent x_T: a safetensors file with a tensor 'latent' [1, C, H/8, W/8]." };
+        var device = CliSupport.Device();
+        var dtype = CliSupport.DType();
+        var tokenizer = CliSupport.Tokenizer();
+        var prediction = CliSupport.PredictionType();
+        var saveLatents = new Option<string?>("--save-latents") { Description = "Write the final latents of the batch (source first) as tensor 'latents' [N, C, H/8, W/8]." };
+        var overwrite = CliSupport.Overwrite();
+        var output = new Option<string>("--out", "-o") { Description = "Output folder: prompt_0.png (source), prompt_1.png, ..., grid.png.", Required = true };
+
+        var command = new Command("edit", "Edit an image by editing its prompt (Prompt-to-Prompt).")
+        {
+            spec, model, prompt, target, edit, cross, self, blend, threshold, reweight, variant, negative, seed, steps, guidance,
+            scheduler, width, height, latent, device, dtype, tokenizer, prediction, saveLatents, overwrite, output,
+        };
+        command.SetAction(r => CliSupport.Run(() =>
+        {
+            EditSpec s;
+            var flagsForSpec = new Option[] { prompt, target, edit, cross, self, blend, threshold, reweight, variant };
+            if (r.GetValue(spec) is { } specPath)
+            {
+                if (flagsForSpec.FirstOrDefault(o => r.GetResult(o) is not null) is { } clash)
+                    throw new UserError($"{clash.Name} cannot be combined with --spec: put the edit in the spec file, or drop --spec and use flags.");
+                s = EditSpec.Load(specPath);
+            }
+            else s = FromFlags(r.GetValue(prompt), r.GetValue(target) ?? [], r.GetValue(edit), r.GetValue(cross), r.GetValue(self),
+                               r.GetValue(blend), r.GetValue(threshold), r.GetValue(reweight) ?? [], r.GetValue(variant));
+            s = s with
+            {
+                Model = r.GetValue(model) ?? s.Model,
+                Steps = r.GetValue(steps) ?? s.Steps,
+                GuidanceScale = r.GetValue(guidance) ?? s.GuidanceScale,
+                Scheduler = r.GetValue(scheduler) ?? s.Scheduler,
+                Seed = r.GetValue(seed) ?? s.Seed,
+                Latent = r.GetValue(latent) ?? s.Latent,
+                Width = r.GetValue(width) ?? s.Width,
+                Height = r.GetValue(height) ?? s.Height,
+                NegativePrompt = r.GetValue(negative) ?? s.NegativePrompt,
+            };
+            if (s.Model is null) throw new UserError("No model: pass --model DIR|FILE or put \"model\" in the spec.");
+            if (s.Scheduler is not null && !Schedulers.Schedulers.Names.Contains(s.Scheduler))
+                throw new UserError($"Unknown scheduler '{s.Scheduler}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
+
+            var outDir = r.GetValue(output)!;
+            var files = Enumerable.Range(0, s.Prompts.Count).Select(i => Path.Combine(outDir, $"prompt_{i}.png")).Append(Path.Combine(outDir, "grid.png")).ToList();
+            var latentsPath = r.GetValue(saveLatents);
+            bool replace = r.GetValue(overwrite);
+            foreach (var f in files.Append(latentsPath).OfType<string>()) AtomicFile.EnsureWritable(f, replace);
+            using var initial = s.Latent is { } lp ? CliSupport.ReadLatent(lp) : null;
+            long seedValue = s.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
+
+            using var sd = CliSupport.LoadModel(s.Model, r.GetValue(device)!, r.GetValue(dtype)!, r.GetValue(tokenizer), r.GetValue(prediction));
+            using var controller = s.Edit.Build(sd.Tokenizer, s.Prompts, s.Steps) as IDisposable;
+            var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
+            if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
+            var result = pipeline.Generate(new GenerationRequest
+            {
+                Prompts = s.Prompts, NegativePrompt = s.NegativePrompt, Steps = s.Steps, GuidanceScale = s.GuidanceScale,
+                Scheduler = s.Scheduler, Seed = seedValue, InitialLatent = initial, Width = s.Width, Height = s.Height,
+            }, new ConsoleProgress($"{s.Edit.Edit.ToString().ToLowerInvariant()} ({s.Prompts.Count} prompts)"), (AttentionController)controller!);
+            using (result.Latents)
+            {
+                var text = new Dictionary<string, string>(result.Parameters) { ["prompt-to-prompt"] = s.ToJson(initial is null ? seedValue : null) };
+                for (int i = 0; i < s.Prompts.Count; i++)
+                {
+                    Png.Save(files[i], result.Images[i], new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i], ["role"] = i == 0 ? "source" : $"target {i}" });
+                    Console.WriteLine(files[i]);
+                }
+                Png.Save(files[^1], Grid.WithCaptions(result.Images, s.Prompts), text);
+                Console.WriteLine(files[^1]);
+                if (latentsPath is not null)
+                {
+                    SafetensorsFile.Write(latentsPath, new Dictionary<string, TorchSharp.torch.Tensor> { ["latents"] = result.Latents }, text);
+                    Console.WriteLine(latentsPath);
+                }
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>Builds a spec from the everyday flags.</summary>
+    internal static EditSpec FromFlags(string? source, string[] targets, string? edit, string? cross, string? self, string? blend,
+                                       double? threshold, string[] reweights, string? variant)
+    {
+        if (source is null) throw new UserError("Give --prompt (the source prompt) and --target (the edited prompt), or --spec FILE.");
+        var equalizer = reweights.Select(ParseReweight).ToList();
+        if (targets.Length == 0)
+        {
+            if (equalizer.Count == 0 && edit is not "store")
+                throw new UserError("Give at least one --target prompt (or --reweight word=value to re-weight the source prompt itself).");
+            if (edit is not "store") targets = [source];
+        }
+        var prompts = new List<string> { source };
+        prompts.AddRange(targets);
+        var root = new JsonObject { ["prompts"] = new JsonArray(prompts.Select(p => (JsonNode)p).ToArray()) };
+        var kind = edit ?? (prompts.Count == 1 ? "store" : EditDescription.Infer(prompts) == EditKind.Replace ? "replace" : "refine");
+        bool identical = prompts.Skip(1).All(p => p == source);
+        if (equalizer.Count > 0 && kind != "reweight")
+        {
+            // Re-weighting on top of the swap or refinement the prompts call for (the reference's prev_controller).
+            if (!identical)
+                root["base"] = new JsonObject { ["edit"] = kind, ["cross_replace_steps"] = CrossJson(cross), ["self_replace_steps"] = WindowJson(self ?? "0.4") };
+            kind = "reweight";
+        }
+        root["edit"] = kind;
+        if (cross is not null) root["cross_replace_steps"] = CrossJson(cross);
+        if (self is not null) root["self_replace_steps"] = WindowJson(self);
+        if (variant is not null) root["variant"] = variant;
+        if (equalizer.Count > 0)
+            root["equalizer"] = new JsonObject
+            {
+                ["words"] = new JsonArray(equalizer.Select(e => (JsonNode)e.Word).ToArray()),
+                ["values"] = new JsonArray(equalizer.Select(e => (JsonNode)e.Value).ToArray()),
+            };
+        if (blend is not null)
+        {
+            var perPrompt = blend.Split(';').Select(p => (JsonNode)new JsonArray(p.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(w => (JsonNode)w).ToArray())).ToArray();
+            root["local_blend"] = new JsonObject { ["words"] = new JsonArray(perPrompt), ["threshold"] = threshold ?? 0.3 };
+        }
+        else if (threshold is not null) throw new UserError("--blend-threshold needs --blend.");
+        return EditSpec.Parse(root, "command line");
+    }
+
+    static (string Word, double Value) ParseReweight(string text)
+    {
+        var eq = text.LastIndexOf('=');
+        if (eq <= 0 || !double.TryParse(text[(eq + 1)..], NumberStyles.Float, CultureInfo.InvariantCulture, out var value))
+            throw new UserError($"--reweight {text}: expected word=value, e.g. --reweight smiling=5.");
+        return (text[..eq], value);
+    }
+
+    static JsonNode WindowJson(string text)
+    {
+        var parts = text.Split(',');
+        var numbers = parts.Select(p => double.TryParse(p, NumberStyles.Float, CultureInfo.InvariantCulture, out var v)
+            ? v : throw new UserError($"'{text}': expected a fraction like 0.8 or a pair like 0.2,0.8.")).ToArray();
+        return numbers.Length switch
+        {
+            1 => numbers[0],
+            2 => new JsonArray(numbers[0], numbers[1]),
+            _ => throw new UserError($"'{text}': expected a fraction like 0.8 or a pair like 0.2,0.8."),
+        };
+    }
+
+    static JsonNode? CrossJson(string? text)
+    {
+        if (text is null) return 0.8;
+        if (!text.Contains('=')) return WindowJson(text);
+        var o = new JsonObject();
+        foreach (var part in text.Split(',', StringSplitOptions.TrimEntries))
+        {
+            var eq = part.IndexOf('=');
+            if (eq <= 0) throw new UserError($"--cross-replace {text}: per-word windows are word=fraction pairs, e.g. default=1.0,car=0.2.");
+            var word = part[..eq];
+            o[word == "default" ? "default_" : word] = WindowJson(part[(eq + 1)..].Replace(':', ','));
+        }
+        return o;
+    }
+}
