@@ -82,14 +82,14 @@ static class EditCommand
             long seedValue = s.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
 
             using var sd = CliSupport.LoadModel(s.Model, r.GetValue(device)!, r.GetValue(dtype)!, r.GetValue(tokenizer), r.GetValue(prediction));
-            using var controller = s.Edit.Build(sd.Tokenizer, s.Prompts, s.Steps) as IDisposable;
+            using var controller = s.Edit.Build(sd.Tokenizer, s.Prompts, s.Steps);
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
             if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
             var result = pipeline.Generate(new GenerationRequest
             {
                 Prompts = s.Prompts, NegativePrompt = s.NegativePrompt, Steps = s.Steps, GuidanceScale = s.GuidanceScale,
                 Scheduler = s.Scheduler, Seed = seedValue, InitialLatent = initial, Width = s.Width, Height = s.Height,
-            }, new ConsoleProgress($"{s.Edit.Edit.ToString().ToLowerInvariant()} ({s.Prompts.Count} prompts)"), (AttentionController)controller!);
+            }, new ConsoleProgress($"{s.Edit.Edit.ToString().ToLowerInvariant()} ({s.Prompts.Count} prompts)"), controller);
             using (result.Latents)
             {
                 var text = new Dictionary<string, string>(result.Parameters) { ["prompt-to-prompt"] = s.ToJson(initial is null ? seedValue : null) };

@@ -21,7 +21,7 @@ public interface IDenoisingObserver
 /// batch only (rows <c>[N*heads, 2N*heads)</c> of <c>[uncond_0..uncond_{N-1}, cond_0..cond_{N-1}]</c>), reshaped to
 /// <c>[N, heads, queries, keys]</c> with prompt 0 the source; the unconditional half is never touched.
 /// </summary>
-public abstract class AttentionController(int promptCount) : IAttentionHook, IDenoisingObserver
+public abstract class AttentionController(int promptCount) : IAttentionHook, IDenoisingObserver, IDisposable
 {
     /// <summary>Number of prompts in the batch (source plus targets).</summary>
     public int PromptCount { get; } = promptCount;
@@ -51,4 +51,7 @@ public abstract class AttentionController(int promptCount) : IAttentionHook, IDe
     public virtual void OnStepStart(int stepIndex, int totalSteps) => CurrentStep = stepIndex;
 
     public virtual Tensor OnStepEnd(int stepIndex, Tensor latents) => latents;
+
+    /// <summary>Releases the tensors the controller holds (stored maps, schedules).</summary>
+    public virtual void Dispose() => GC.SuppressFinalize(this);
 }

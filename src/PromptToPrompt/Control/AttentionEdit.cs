@@ -93,6 +93,12 @@ public abstract class AttentionEdit : AttentionStore
         latents = base.OnStepEnd(stepIndex, latents);
         return Blend is null ? latents : Blend.Apply(latents, this);
     }
+
+    public override void Dispose()
+    {
+        _crossAlpha.Dispose();
+        base.Dispose();
+    }
 }
 
 /// <summary>Word swap: target token n takes <c>sum_w source[w] * M[w, n]</c> with the replacement mapper M.</summary>

@@ -10,7 +10,7 @@ namespace PromptToPrompt.Control;
 /// always stored; self maps only when <see cref="StoreSelfAttention"/> (they are large and nothing in editing reads them).
 /// Edit controllers derive from it: the maps stored for edited prompts are the post-edit maps, as in the reference.
 /// </summary>
-public class AttentionStore(int promptCount) : AttentionController(promptCount), IDisposable
+public class AttentionStore(int promptCount) : AttentionController(promptCount)
 {
     readonly Dictionary<AttentionLayer, Tensor> _sums = new();
     readonly Dictionary<AttentionLayer, (int Height, int Width)> _sizes = new();
@@ -82,10 +82,10 @@ public class AttentionStore(int promptCount) : AttentionController(promptCount),
         return (all.sum([0L]) / all.shape[0]).MoveToOuterDisposeScope();
     }
 
-    public void Dispose()
+    public override void Dispose()
     {
         foreach (var t in _sums.Values) t.Dispose();
         _sums.Clear();
-        GC.SuppressFinalize(this);
+        base.Dispose();
     }
 }

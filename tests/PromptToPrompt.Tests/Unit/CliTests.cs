@@ -84,3 +84,73 @@ public class CliTests
         Assert.Equal("mine", File.ReadAllText(dir.File("o.png")));
     }
 }
+
+/// <summary><c>p2p edit</c> end to end: flags and spec files reproduce the reference's edits.</summary>
+public class EditCliTests
+{
+    static string WriteLatent(TempDir dir, string goldenCase)
+    {
+        using var golden = new SafetensorsFile(ConformanceData.Golden($"p2p/{goldenCase}.safetensors"));
+        var path = dir.File("x_T.safetensors");
+        SafetensorsFile.Write(path, new Dictionary<string, TorchSharp.torch.Tensor> { ["latent"] = golden.Read("x_T") });
+        return path;
+    }
+
+    static void AssertMatchesGolden(string latentsPath, string goldenCase)
+    {
+        using var golden = new SafetensorsFile(ConformanceData.Golden($"p2p/{goldenCase}.safetensors"));
+        using var ours = new SafetensorsFile(latentsPath);
+        using var expected = golden.Read("latents_final");
+        using var max = expected.abs().max();
+        TensorAssert.Close(expected, ours.Read("latents"), 1e-4 * max.item<float>(), goldenCase);
+    }
+
+    [Fact]
+    public void Flags_reproduce_the_local_blend_word_swap()
+    {
+        using var dir = new TempDir();
+        var (code, stdout, stderr) = CliTests.RunP2P("edit", "--model", ConformanceData.ModelPath, "--prompt", "a cat sitting on a chair",
+            "--target", "a dog sitting on a chair", "--blend", "cat;dog", "--steps", "10", "--scheduler", "pndm",
+            "--latent", WriteLatent(dir, "05_replace_localblend_cat_dog"), "--out", dir.File("out"), "--save-latents", dir.File("z.safetensors"));
+        Assert.True(code == 0, stderr);
+        AssertMatchesGolden(dir.File("z.safetensors"), "05_replace_localblend_cat_dog");
+        foreach (var f in new[] { "prompt_0.png", "prompt_1.png", "grid.png" }) Assert.Contains(Path.Combine(dir.File("out"), f), stdout);
+        var meta = Png.ReadText(Path.Combine(dir.File("out"), "prompt_1.png"));
+        Assert.Equal("a dog sitting on a chair", meta["prompt"]);
+        Assert.Contains("\"edit\":\"replace\"", meta["prompt-to-prompt"]);
+        Assert.Contains("\"local_blend\":{\"words\":[[\"cat\"],[\"dog\"]]", meta["prompt-to-prompt"]);
+    }
+
+    [Fact]
+    public void A_spec_file_reproduces_the_refinement()
+    {
+        using var dir = new TempDir();
+        WriteLatent(dir, "03_refine_castle_children_drawing");
+        File.WriteAllText(dir.File("edit.json"), $$"""
+            {"model": "{{ConformanceData.ModelPath}}", "prompts": ["a castle next to a river", "children drawing of a castle next to a river"],
+             "edit": "refine", "cross_replace_steps": 0.8, "self_replace_steps": 0.4, "steps": 10, "guidance_scale": 7.5,
+             "scheduler": "pndm", "latent": "x_T.safetensors"}
+            """);
+        var (code, _, stderr) = CliTests.RunP2P("edit", "--spec", dir.File("edit.json"), "--out", dir.File("out"), "--save-latents", dir.File("z.safetensors"));
+        Assert.True(code == 0, stderr);
+        AssertMatchesGolden(dir.File("z.safetensors"), "03_refine_castle_children_drawing");
+    }
+
+    [Theory]
+    [InlineData("--target|a dog riding a red bicycle|--edit|replace", "same number of words")]
+    [InlineData("--target|a dog riding a bicycle|--blend|cat;cow", "'cow' is not in the prompt")]
+    [InlineData("--target|a dog riding a bicycle|--cross-replace|1.2", "in [0, 1]")]
+    [InlineData("--reweight|happy=3", "'happy' is not in the prompt")]
+    [InlineData("--target|a dog riding a bicycle|--reweight|dog", "expected word=value")]
+    public void Bad_edits_are_one_line_errors_without_output(string extra, string message)
+    {
+        using var dir = new TempDir();
+        var args = new List<string> { "edit", "--model", ConformanceData.ModelPath, "--prompt", "a cat riding a bicycle", "--steps", "2", "--out", dir.File("out") };
+        args.AddRange(extra.Split('|'));
+        var (code, _, stderr) = CliTests.RunP2P(args.ToArray());
+        Assert.Equal(1, code);
+        Assert.Contains(message, stderr);
+        Assert.DoesNotContain("   at ", stderr);
+        Assert.False(Directory.Exists(dir.File("out")));
+    }
+}
