@@ -32,6 +32,11 @@ public sealed record GenerationRequest
     public Tensor? InitialLatent { get; init; }
     public int? Width { get; init; }
     public int? Height { get; init; }
+    /// <summary>
+    /// Per-step unconditional embeddings [steps, 1, L, D] (from null-text inversion), used at step i instead of the
+    /// negative prompt's embedding, broadcast to every prompt.
+    /// </summary>
+    public Tensor? UnconditionalEmbeddings { get; init; }
 }
 
 /// <summary>Final latents (before VAE decoding, [N, C, h, w], float32 on the CPU) and the decoded images.</summary>
@@ -103,14 +108,16 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
 
     /// <summary>
     /// The denoising loop. <paramref name="latents"/> [N, C, h, w] (already scaled by the scheduler's init sigma);
-    /// <paramref name="uncond"/> and <paramref name="cond"/> [N, L, D]. Returns the final latents (float32).
+    /// <paramref name="cond"/> [N, L, D]; <paramref name="uncond"/> [N, L, D], or [steps, 1, L, D] for a different
+    /// unconditional embedding at each step (null-text inversion). Returns the final latents (float32).
     /// </summary>
     public Tensor Denoise(Tensor latents, Tensor uncond, Tensor cond, IScheduler scheduler, double guidance,
                           IDenoisingObserver? observer = null, IProgress<StepProgress>? progress = null)
     {
         using var _ = no_grad();
-        bool cfg = guidance != 1.0;
-        using var context = (cfg ? cat([uncond, cond], 0) : cond).to(DType).to(Device);
+        bool perStep = uncond.dim() == 4;
+        bool cfg = guidance != 1.0 || perStep;
+        using var fixedContext = (cfg && !perStep ? cat([uncond, cond], 0) : cond).to(DType).to(Device);
         var x = latents.to(ScalarType.Float32).to(Device);
         int total = scheduler.Timesteps.Count;
         var clock = Stopwatch.StartNew();
@@ -119,6 +126,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
             using var scope = NewDisposeScope();
             observer?.OnStepStart(i, total);
             var input = scheduler.ScaleModelInput(cfg ? cat([x, x], 0) : x, i);
+            var context = perStep ? cat([uncond[i].expand(cond.shape).to(DType).to(Device), fixedContext], 0) : fixedContext;
             using var t = tensor((float)scheduler.Timesteps[i], ScalarType.Float32, Device);
             var output = model.UNet.forward(input.to(DType), t, context).to(ScalarType.Float32);
             Tensor noise;
@@ -184,7 +192,15 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         latents = latents * scheduler.InitNoiseSigma;
 
         var cond = EncodePrompts(request.Prompts);
-        var uncond = EncodePrompts(Enumerable.Repeat(request.NegativePrompt, n).ToList());
+        Tensor uncond;
+        if (request.UnconditionalEmbeddings is { } nullText)
+        {
+            if (nullText.dim() != 4 || nullText.shape[0] != scheduler.Timesteps.Count || nullText.shape[1] != 1 || !nullText.shape[2..].SequenceEqual(cond.shape[1..]))
+                throw new UserError($"The null-text embeddings have shape [{string.Join(", ", nullText.shape)}] but this run needs " +
+                                    $"[{scheduler.Timesteps.Count}, 1, {cond.shape[1]}, {cond.shape[2]}] (one per step, same steps and scheduler as the inversion).");
+            uncond = nullText;
+        }
+        else uncond = EncodePrompts(Enumerable.Repeat(request.NegativePrompt, n).ToList());
         Tensor final;
         using (model.UNet.Hooks.Use(controller))
             final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, progress);
