@@ -31,6 +31,10 @@ static class CliSupport
     {
         Description = "For single-file checkpoints: epsilon or v_prediction (SD 2.x 768-v models).",
     };
+    public static Option<string?> Config() => new("--config")
+    {
+        Description = "For single-file checkpoints: a diffusers model folder whose configs (and tokenizer) describe the checkpoint, instead of inferring them.",
+    };
     public static Option<bool> Overwrite() => new("--overwrite") { Description = "Replace existing output files." };
 
     /// <summary>Runs a command body: user errors become one line on stderr and exit code 1.</summary>
@@ -58,11 +62,18 @@ static class CliSupport
         }
     }
 
-    public static StableDiffusionModel LoadModel(string path, string device, string dtype, string? tokenizer, string? predictionType)
+    /// <summary>The options every model-loading command takes.</summary>
+    public sealed record ModelOptions(Option<string> Device, Option<string> DType, Option<string?> Tokenizer, Option<string?> PredictionType, Option<string?> Config)
     {
-        var placement = ModelPlacement.Parse(device, dtype);
-        Console.Error.WriteLine($"loading {path} ({placement.DType.ToString().ToLowerInvariant()} on {placement.Device})...");
-        return StableDiffusionModel.Load(path, placement, Warn, new SingleFileOptions(tokenizer, predictionType));
+        public static ModelOptions Create() => new(CliSupport.Device(), CliSupport.DType(), CliSupport.Tokenizer(), CliSupport.PredictionType(), CliSupport.Config());
+        public IEnumerable<Option> All => [Device, DType, Tokenizer, PredictionType, Config];
+
+        public StableDiffusionModel Load(ParseResult r, string path)
+        {
+            var placement = ModelPlacement.Parse(r.GetValue(Device)!, r.GetValue(DType)!);
+            Console.Error.WriteLine($"loading {path} ({placement.DType.ToString().ToLowerInvariant()} on {placement.Device})...");
+            return StableDiffusionModel.Load(path, placement, Warn, new SingleFileOptions(r.GetValue(Tokenizer), r.GetValue(PredictionType), r.GetValue(Config)));
+        }
     }
 
     public static void Warn(string message) => Console.Error.WriteLine(message);

@@ -32,10 +32,7 @@ static class EditCommand
         var width = CliSupport.Width();
         var height = CliSupport.Height();
         var latent = new Option<string?>("--latent") { Description = "Initial latent x_T: a safetensors file with a tensor 'latent' [1, C, H/8, W/8]." };
-        var device = CliSupport.Device();
-        var dtype = CliSupport.DType();
-        var tokenizer = CliSupport.Tokenizer();
-        var prediction = CliSupport.PredictionType();
+        var modelOptions = CliSupport.ModelOptions.Create();
         var saveLatents = new Option<string?>("--save-latents") { Description = "Write the final latents of the batch (source first) as tensor 'latents' [N, C, H/8, W/8]." };
         var overwrite = CliSupport.Overwrite();
         var output = new Option<string>("--out", "-o") { Description = "Output folder: prompt_0.png (source), prompt_1.png, ..., grid.png.", Required = true };
@@ -43,8 +40,9 @@ static class EditCommand
         var command = new Command("edit", "Edit an image by editing its prompt (Prompt-to-Prompt).")
         {
             spec, model, prompt, target, edit, cross, self, blend, threshold, reweight, variant, negative, seed, steps, guidance,
-            scheduler, width, height, latent, device, dtype, tokenizer, prediction, saveLatents, overwrite, output,
+            scheduler, width, height, latent, saveLatents, overwrite, output,
         };
+        foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             EditSpec s;
@@ -81,7 +79,7 @@ static class EditCommand
             using var initial = s.Latent is { } lp ? CliSupport.ReadLatent(lp) : null;
             long seedValue = s.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
 
-            using var sd = CliSupport.LoadModel(s.Model, r.GetValue(device)!, r.GetValue(dtype)!, r.GetValue(tokenizer), r.GetValue(prediction));
+            using var sd = modelOptions.Load(r, s.Model);
             using var controller = s.Edit.Build(sd.Tokenizer, s.Prompts, s.Steps);
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
             if (initial is null) Console.Error.WriteLine($"seed {seedValue}");

@@ -19,20 +19,17 @@ static class GenerateCommand
         var scheduler = CliSupport.Scheduler();
         var width = CliSupport.Width();
         var height = CliSupport.Height();
-        var device = CliSupport.Device();
-        var dtype = CliSupport.DType();
         var latent = new Option<string?>("--latent") { Description = "Initial latent x_T: a safetensors file with a tensor 'latent' [1, C, H/8, W/8]." };
         var saveLatents = new Option<string?>("--save-latents") { Description = "Write the final latents (before VAE decoding) as tensor 'latents' [N, C, H/8, W/8]." };
-        var tokenizer = CliSupport.Tokenizer();
-        var prediction = CliSupport.PredictionType();
+        var modelOptions = CliSupport.ModelOptions.Create();
         var overwrite = CliSupport.Overwrite();
         var output = new Option<string>("--out", "-o") { Description = "Output PNG (with several prompts: NAME_0.png, NAME_1.png, ...).", Required = true };
 
         var command = new Command("generate", "Generate images from text.")
         {
-            model, prompt, negative, seed, steps, guidance, scheduler, width, height, device, dtype, latent, saveLatents,
-            tokenizer, prediction, overwrite, output,
+            model, prompt, negative, seed, steps, guidance, scheduler, width, height, latent, saveLatents, overwrite, output,
         };
+        foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             var prompts = r.GetValue(prompt)!;
@@ -46,7 +43,7 @@ static class GenerateCommand
             using var initial = r.GetValue(latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
             long seedValue = r.GetValue(seed) ?? Random.Shared.NextInt64(0, 1L << 32);
 
-            using var sd = CliSupport.LoadModel(r.GetValue(model)!, r.GetValue(device)!, r.GetValue(dtype)!, r.GetValue(tokenizer), r.GetValue(prediction));
+            using var sd = modelOptions.Load(r, r.GetValue(model)!);
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
             var request = new GenerationRequest
             {
