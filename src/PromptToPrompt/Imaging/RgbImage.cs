@@ -36,6 +36,17 @@ public sealed record RgbImage(int Width, int Height, byte[] Pixels)
         }
     }
 
+    /// <summary>Resized with bilinear filtering (antialiased when shrinking).</summary>
+    public RgbImage Resize(int width, int height)
+    {
+        if (width == Width && height == Height) return this;
+        using var scope = NewDisposeScope();
+        var t = tensor(Pixels, [1, Height, Width, 3]).permute(0, 3, 1, 2).to(ScalarType.Float32);
+        t = nn.functional.interpolate(t, [height, width], mode: InterpolationMode.Bilinear, align_corners: false, antialias: width < Width || height < Height);
+        var bytes = t.round().clamp(0, 255).to(ScalarType.Byte).permute(0, 2, 3, 1).contiguous();
+        return new RgbImage(width, height, bytes.data<byte>().ToArray());
+    }
+
     /// <summary>[1, 3, H, W] float32 tensor scaled to [-1, 1] (u8 / 127.5 - 1).</summary>
     public Tensor ToTensor()
     {

@@ -1,0 +1,105 @@
+using System.CommandLine;
+using PromptToPrompt.Imaging;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Pipelines;
+
+namespace PromptToPrompt.Cli;
+
+/// <summary><c>p2p attention</c>: generate an image and show its per-token cross-attention (and self-attention components).</summary>
+static class AttentionCommand
+{
+    public static Command Create()
+    {
+        var model = CliSupport.Model();
+        var prompt = new Option<string>("--prompt", "-p") { Description = "Prompt.", Required = true };
+        var negative = new Option<string>("--negative-prompt") { Description = "Negative prompt.", DefaultValueFactory = _ => "" };
+        var seed = CliSupport.Seed();
+        var steps = CliSupport.Steps();
+        var guidance = CliSupport.Guidance();
+        var scheduler = CliSupport.Scheduler();
+        var width = CliSupport.Width();
+        var height = CliSupport.Height();
+        var latent = new Option<string?>("--latent") { Description = "Initial latent x_T: a safetensors file with a tensor 'latent' [1, C, H/8, W/8]." };
+        var view = ViewOptions.Create();
+        var saveMaps = new Option<string?>("--save-maps") { Description = "Write the raw maps as tensors (cross_avg [tokens, R, R], and per step / layer / components when asked)." };
+        var overwrite = CliSupport.Overwrite();
+        var output = new Option<string>("--out", "-o") { Description = "Output folder: image.png, tokens.png, step_NNN.png, layer_*.png, self_components.png.", Required = true };
+        var modelOptions = CliSupport.ModelOptions.Create();
+
+        var command = new Command("attention", "Generate an image and show where each token attends (cross-attention maps).")
+        {
+            model, prompt, negative, seed, steps, guidance, scheduler, width, height, latent, saveMaps, overwrite, output,
+        };
+        foreach (var o in view.All.Concat(modelOptions.All)) command.Options.Add(o);
+        command.SetAction(r => CliSupport.Run(() =>
+        {
+            var options = view.Parse(r);
+            var outDir = r.GetValue(output)!;
+            bool replace = r.GetValue(overwrite);
+            var saveMapsPath = r.GetValue(saveMaps);
+            var fixedFiles = new[] { "image.png", "tokens.png", "self_components.png" }.Concat((options.PerStep ?? []).Select(s => $"step_{s:D3}.png"));
+            foreach (var f in fixedFiles.Select(f => Path.Combine(outDir, f)).Append(saveMapsPath).OfType<string>()) AtomicFile.EnsureWritable(f, replace);
+            if (options.PerLayer && !replace && Directory.Exists(outDir) && Directory.EnumerateFiles(outDir, "layer_*.png").Any())
+                throw new UserError($"{outDir} already holds layer_*.png maps. Choose another folder or pass --overwrite.");
+            var schedulerName = r.GetValue(scheduler);
+            using var initial = r.GetValue(latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
+            long seedValue = r.GetValue(seed) ?? Random.Shared.NextInt64(0, 1L << 32);
+
+            using var sd = modelOptions.Load(r, r.GetValue(model)!);
+            var schedulerChosen = schedulerName ?? Schedulers.Schedulers.DefaultFor(sd.Scheduler);
+            options.Validate(Schedulers.Schedulers.Create(schedulerChosen, sd.Scheduler, r.GetValue(steps)).Timesteps.Count);
+            using var store = options.CreateStore(1);
+            var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
+            if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
+            var text = r.GetValue(prompt)!;
+            var result = pipeline.Generate(new GenerationRequest
+            {
+                Prompts = [text], NegativePrompt = r.GetValue(negative)!, Steps = r.GetValue(steps), GuidanceScale = r.GetValue(guidance),
+                Scheduler = schedulerChosen, Seed = seedValue, InitialLatent = initial, Width = r.GetValue(width), Height = r.GetValue(height),
+            }, new ConsoleProgress("denoising"), store);
+            result.Latents.Dispose();
+            var metadata = new Dictionary<string, string>(result.Parameters);
+            var written = new List<string>();
+            Png.Save(Path.Combine(outDir, "image.png"), result.Images[0], metadata);
+            written.Add(Path.Combine(outDir, "image.png"));
+            foreach (var (name, image) in AttentionReport.Images(store, sd.Tokenizer, text, 0, result.Images[0], options))
+            {
+                Png.Save(Path.Combine(outDir, name), image, metadata);
+                written.Add(Path.Combine(outDir, name));
+            }
+            if (saveMapsPath is not null)
+            {
+                var (tensors, about) = AttentionReport.Tensors(store, sd.Tokenizer, text, 0, options);
+                foreach (var (k, v) in metadata) about[k] = v;
+                SafetensorsFile.Write(saveMapsPath, tensors, about);
+                foreach (var t in tensors.Values) t.Dispose();
+                written.Add(saveMapsPath);
+            }
+            foreach (var f in written) Console.WriteLine(f);
+            return 0;
+        }));
+        return command;
+    }
+}
+
+/// <summary>The attention-view options shared by <c>p2p attention</c> and <c>p2p edit --show-attention</c>.</summary>
+sealed record ViewOptions(Option<int> Res, Option<string> From, Option<string?> PerStep, Option<bool> PerLayer, Option<int> SelfComponents)
+{
+    public static ViewOptions Create() => new(
+        new Option<int>("--res") { Description = "Resolution R of the maps: aggregate the layers whose queries form an R x R grid.", DefaultValueFactory = _ => 16 },
+        new Option<string>("--from") { Description = "UNet places to aggregate: down, mid, up (comma-separated).", DefaultValueFactory = _ => "up,down" },
+        new Option<string?>("--per-step") { Description = "UNet evaluations to show one by one, e.g. 0,5,10,25,50." },
+        new Option<bool>("--per-layer") { Description = "Also show each cross-attention layer (averaged over steps)." },
+        new Option<int>("--self-components") { Description = "Show the top K principal components of the self-attention at R." });
+
+    public IEnumerable<Option> All => [Res, From, PerStep, PerLayer, SelfComponents];
+
+    public AttentionViewOptions Parse(ParseResult r)
+    {
+        List<int>? steps = null;
+        if (r.GetValue(PerStep) is { } text)
+            steps = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                .Select(s => int.TryParse(s, out var v) ? v : throw new UserError($"--per-step {text}: expected step numbers like 0,5,10.")).Distinct().ToList();
+        return new AttentionViewOptions(r.GetValue(Res), AttentionViewOptions.ParsePlaces(r.GetValue(From)!), steps, r.GetValue(PerLayer), r.GetValue(SelfComponents));
+    }
+}
