@@ -1,4 +1,5 @@
 using System.CommandLine;
+using PromptToPrompt.Control;
 using PromptToPrompt.Imaging;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Pipelines;
@@ -48,7 +49,7 @@ static class AttentionCommand
             using var sd = modelOptions.Load(r, r.GetValue(model)!);
             var schedulerChosen = schedulerName ?? Schedulers.Schedulers.DefaultFor(sd.Scheduler);
             options.Validate(Schedulers.Schedulers.Create(schedulerChosen, sd.Scheduler, r.GetValue(steps)).Timesteps.Count);
-            using var store = options.CreateStore(1);
+            using var store = new AttentionStore(1, options.StoreSettings);
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
             if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
             var text = r.GetValue(prompt)!;

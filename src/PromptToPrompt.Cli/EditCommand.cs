@@ -36,13 +36,15 @@ static class EditCommand
         var saveLatents = new Option<string?>("--save-latents") { Description = "Write the final latents of the batch (source first) as tensor 'latents' [N, C, H/8, W/8]." };
         var overwrite = CliSupport.Overwrite();
         var output = new Option<string>("--out", "-o") { Description = "Output folder: prompt_0.png (source), prompt_1.png, ..., grid.png.", Required = true };
+        var showAttention = new Option<bool>("--show-attention") { Description = "Also write each prompt's per-token cross-attention maps (attention_N_tokens.png, ...)." };
+        var view = ViewOptions.Create();
 
         var command = new Command("edit", "Edit an image by editing its prompt (Prompt-to-Prompt).")
         {
             spec, model, prompt, target, edit, cross, self, blend, threshold, reweight, variant, negative, seed, steps, guidance,
-            scheduler, width, height, latent, saveLatents, overwrite, output,
+            scheduler, width, height, latent, saveLatents, overwrite, output, showAttention,
         };
-        foreach (var o in modelOptions.All) command.Options.Add(o);
+        foreach (var o in view.All.Concat(modelOptions.All)) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             EditSpec s;
@@ -73,6 +75,10 @@ static class EditCommand
 
             var outDir = r.GetValue(output)!;
             var files = Enumerable.Range(0, s.Prompts.Count).Select(i => Path.Combine(outDir, $"prompt_{i}.png")).Append(Path.Combine(outDir, "grid.png")).ToList();
+            bool show = r.GetValue(showAttention);
+            var viewOptions = view.Parse(r);
+            if (show && !r.GetValue(overwrite) && Directory.Exists(outDir) && Directory.EnumerateFiles(outDir, "attention_*.png").Any())
+                throw new UserError($"{outDir} already holds attention_*.png maps. Choose another folder or pass --overwrite.");
             var latentsPath = r.GetValue(saveLatents);
             bool replace = r.GetValue(overwrite);
             foreach (var f in files.Append(latentsPath).OfType<string>()) AtomicFile.EnsureWritable(f, replace);
@@ -80,7 +86,8 @@ static class EditCommand
             long seedValue = s.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
 
             using var sd = modelOptions.Load(r, s.Model);
-            using var controller = s.Edit.Build(sd.Tokenizer, s.Prompts, s.Steps);
+            using var controller = s.Edit.Build(sd.Tokenizer, s.Prompts, s.Steps, show ? viewOptions : null);
+            if (show) viewOptions.Validate(Schedulers.Schedulers.Create(s.Scheduler ?? Schedulers.Schedulers.DefaultFor(sd.Scheduler), sd.Scheduler, s.Steps).Timesteps.Count);
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
             if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
             var result = pipeline.Generate(new GenerationRequest
@@ -98,6 +105,14 @@ static class EditCommand
                 }
                 Png.Save(files[^1], Grid.WithCaptions(result.Images, s.Prompts), text);
                 Console.WriteLine(files[^1]);
+                if (show)
+                    for (int i = 0; i < s.Prompts.Count; i++)
+                        foreach (var (name, image) in AttentionReport.Images(controller, sd.Tokenizer, s.Prompts[i], i, result.Images[i], viewOptions, $"attention_{i}_"))
+                        {
+                            var path = Path.Combine(outDir, name);
+                            Png.Save(path, image, new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i] });
+                            Console.WriteLine(path);
+                        }
                 if (latentsPath is not null)
                 {
                     SafetensorsFile.Write(latentsPath, new Dictionary<string, TorchSharp.torch.Tensor> { ["latents"] = result.Latents }, text);

@@ -37,8 +37,8 @@ public abstract class AttentionEdit : AttentionStore
     public EditSchedule Schedule { get; }
     public IReadOnlyList<string> Prompts { get; }
 
-    protected AttentionEdit(ClipTokenizer tokenizer, IReadOnlyList<string> prompts, int numSteps, EditSchedule schedule, LocalBlend? blend)
-        : base(prompts.Count)
+    protected AttentionEdit(ClipTokenizer tokenizer, IReadOnlyList<string> prompts, int numSteps, EditSchedule schedule, LocalBlend? blend, StoreSettings? store)
+        : base(prompts.Count, store)
     {
         if (prompts.Count < 2) throw new UserError("An edit needs a source prompt and at least one target prompt.");
         Prompts = prompts;
@@ -107,8 +107,9 @@ public sealed class AttentionReplace : AttentionEdit
     /// <summary>[N-1, L, L] replacement mappers.</summary>
     public Tensor Mapper { get; }
 
-    public AttentionReplace(ClipTokenizer tokenizer, IReadOnlyList<string> prompts, int numSteps, EditSchedule schedule, LocalBlend? blend = null, bool referenceMapperDefect = false)
-        : base(tokenizer, prompts, numSteps, schedule, blend)
+    public AttentionReplace(ClipTokenizer tokenizer, IReadOnlyList<string> prompts, int numSteps, EditSchedule schedule, LocalBlend? blend = null,
+                            bool referenceMapperDefect = false, StoreSettings? store = null)
+        : base(tokenizer, prompts, numSteps, schedule, blend, store)
     {
         int len = tokenizer.MaxLength;
         var mappers = prompts.Skip(1).Select(p => SequenceAligner.Replacement(tokenizer, prompts[0], p, referenceMapperDefect));
@@ -127,8 +128,9 @@ public sealed class AttentionRefine : AttentionEdit
     /// <summary>[N-1, L] 1 for aligned tokens, 0 for new ones.</summary>
     public Tensor Alphas { get; }
 
-    public AttentionRefine(ClipTokenizer tokenizer, IReadOnlyList<string> prompts, int numSteps, EditSchedule schedule, LocalBlend? blend = null)
-        : base(tokenizer, prompts, numSteps, schedule, blend)
+    public AttentionRefine(ClipTokenizer tokenizer, IReadOnlyList<string> prompts, int numSteps, EditSchedule schedule, LocalBlend? blend = null,
+                           StoreSettings? store = null)
+        : base(tokenizer, prompts, numSteps, schedule, blend, store)
     {
         var maps = prompts.Skip(1).Select(p => SequenceAligner.Refinement(tokenizer, prompts[0], p)).ToList();
         Mapper = stack(maps.Select(m => tensor(m.Mapper)).ToArray()).DetachFromDisposeScope();
@@ -156,8 +158,9 @@ public sealed class AttentionReweight : AttentionEdit
     public AttentionEdit? Previous { get; }
 
     public AttentionReweight(ClipTokenizer tokenizer, IReadOnlyList<string> prompts, int numSteps, EditSchedule schedule,
-                             IReadOnlyList<(string Word, double Value)> equalizer, LocalBlend? blend = null, AttentionEdit? previous = null)
-        : base(tokenizer, prompts, numSteps, schedule, blend)
+                             IReadOnlyList<(string Word, double Value)> equalizer, LocalBlend? blend = null, AttentionEdit? previous = null,
+                             StoreSettings? store = null)
+        : base(tokenizer, prompts, numSteps, schedule, blend, store)
     {
         Equalizer = BuildEqualizer(tokenizer, prompts[1], equalizer);
         Previous = previous;

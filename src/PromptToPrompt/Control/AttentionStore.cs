@@ -4,6 +4,10 @@ using static TorchSharp.torch;
 
 namespace PromptToPrompt.Control;
 
+/// <summary>What an <see cref="AttentionStore"/> keeps; see there.</summary>
+public sealed record StoreSettings(int CrossMaxPixels = 32 * 32, int SelfMaxPixels = 0, IReadOnlySet<int>? KeepSteps = null,
+                                   ScalarType SnapshotType = ScalarType.Float16);
+
 /// <summary>
 /// Accumulates the attention maps of the conditional prompts, per layer, summed over the steps (the reference's
 /// <c>AttentionStore</c>): cross-attention maps of layers with at most <see cref="CrossMaxPixels"/> queries (reference:
@@ -14,17 +18,17 @@ namespace PromptToPrompt.Control;
 /// them to about 1e-3 relative).
 /// Edit controllers derive from it: the maps stored for edited prompts are the post-edit maps, as in the reference.
 /// </summary>
-public class AttentionStore(int promptCount) : AttentionController(promptCount)
+public class AttentionStore(int promptCount, StoreSettings? settings = null) : AttentionController(promptCount)
 {
+    readonly StoreSettings _settings = settings ?? new StoreSettings();
     readonly Dictionary<AttentionLayer, Tensor> _sums = new();
     readonly Dictionary<(int Step, AttentionLayer Layer), Tensor> _snapshots = new();
     readonly Dictionary<AttentionLayer, (int Height, int Width)> _sizes = new();
     readonly List<AttentionLayer> _order = new();
 
-    public int CrossMaxPixels { get; init; } = 32 * 32;
-    public int SelfMaxPixels { get; init; }
-    public IReadOnlySet<int>? KeepSteps { get; init; }
-    public ScalarType SnapshotType { get; init; } = ScalarType.Float16;
+    public int CrossMaxPixels => _settings.CrossMaxPixels;
+    public int SelfMaxPixels => _settings.SelfMaxPixels;
+    public IReadOnlySet<int>? KeepSteps => _settings.KeepSteps;
     /// <summary>Number of UNet evaluations accumulated (the reference's <c>cur_step</c> after the run).</summary>
     public int StepCount { get; private set; }
 
@@ -59,7 +63,7 @@ public class AttentionStore(int promptCount) : AttentionController(promptCount)
             _order.Add(layer);
         }
         if (KeepSteps?.Contains(CurrentStep) == true)
-            _snapshots[(CurrentStep, layer)] = value.mean([1]).to(SnapshotType).DetachFromDisposeScope();
+            _snapshots[(CurrentStep, layer)] = value.mean([1]).to(_settings.SnapshotType).DetachFromDisposeScope();
     }
 
     public override Tensor OnStepEnd(int stepIndex, Tensor latents)

@@ -28,13 +28,11 @@ public sealed record AttentionViewOptions(
             _ => throw new UserError($"Unknown UNet place '{p}'. Use down, mid and/or up, e.g. --from up,down."),
         }).ToList();
 
-    /// <summary>A store that keeps what these views need, for <paramref name="prompts"/> prompts.</summary>
-    public AttentionStore CreateStore(int prompts) => new(prompts)
-    {
-        CrossMaxPixels = PerLayer ? int.MaxValue : Math.Max(32 * 32, Resolution * Resolution),
-        SelfMaxPixels = SelfComponents > 0 ? Resolution * Resolution : 0,
-        KeepSteps = PerStep?.ToHashSet(),
-    };
+    /// <summary>What a store must keep for these views.</summary>
+    public StoreSettings StoreSettings => new(
+        CrossMaxPixels: PerLayer ? int.MaxValue : Math.Max(32 * 32, Resolution * Resolution),
+        SelfMaxPixels: SelfComponents > 0 ? Resolution * Resolution : 0,
+        KeepSteps: PerStep?.ToHashSet());
 
     /// <summary>Checks the options against the run (number of UNet evaluations).</summary>
     public void Validate(int evaluations)

@@ -25,23 +25,27 @@ public sealed record EditDescription
     /// <summary>Reproduce the reference replacement mapper's index defect (for conformance only).</summary>
     public bool ReferenceMapperDefect { get; init; }
 
-    /// <summary>Builds the controller for a run of <paramref name="numSteps"/> steps over <paramref name="prompts"/> (source first).</summary>
-    public AttentionController Build(ClipTokenizer tokenizer, IReadOnlyList<string> prompts, int numSteps)
+    /// <summary>
+    /// Builds the controller for a run of <paramref name="numSteps"/> steps over <paramref name="prompts"/> (source
+    /// first). <paramref name="views"/>: also keep what these attention views need (resolutions, steps).
+    /// </summary>
+    public AttentionStore Build(ClipTokenizer tokenizer, IReadOnlyList<string> prompts, int numSteps, AttentionViewOptions? views = null)
     {
-        if (Edit == EditKind.Store) return new AttentionStore(prompts.Count);
+        var store = views?.StoreSettings;
+        if (Edit == EditKind.Store) return new AttentionStore(prompts.Count, store);
         if (prompts.Count < 2)
             throw new UserError($"A '{Edit.ToString().ToLowerInvariant()}' edit needs a source prompt and at least one target prompt.");
         var schedule = new EditSchedule(CrossReplaceSteps, SelfReplaceSteps, Variant);
         var blend = LocalBlend is null ? null : new Control.LocalBlend(tokenizer, prompts, LocalBlend, numSteps, Variant);
         switch (Edit)
         {
-            case EditKind.Replace: return new AttentionReplace(tokenizer, prompts, numSteps, schedule, blend, ReferenceMapperDefect);
-            case EditKind.Refine: return new AttentionRefine(tokenizer, prompts, numSteps, schedule, blend);
+            case EditKind.Replace: return new AttentionReplace(tokenizer, prompts, numSteps, schedule, blend, ReferenceMapperDefect, store);
+            case EditKind.Refine: return new AttentionRefine(tokenizer, prompts, numSteps, schedule, blend, store);
             default:
                 if (Equalizer is null) throw new UserError("A 'reweight' edit needs an equalizer: {\"words\": [...], \"values\": [...]}.");
                 AttentionEdit? previous = Base is null ? null : Base.Build(tokenizer, prompts, numSteps) as AttentionEdit
                     ?? throw new UserError("The base of a re-weighting must be a 'replace' or 'refine' edit.");
-                return new AttentionReweight(tokenizer, prompts, numSteps, schedule, Equalizer, blend, previous);
+                return new AttentionReweight(tokenizer, prompts, numSteps, schedule, Equalizer, blend, previous, store);
         }
     }
 
