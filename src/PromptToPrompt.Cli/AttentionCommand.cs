@@ -84,16 +84,17 @@ static class AttentionCommand
 }
 
 /// <summary>The attention-view options shared by <c>p2p attention</c> and <c>p2p edit --show-attention</c>.</summary>
-sealed record ViewOptions(Option<int> Res, Option<string> From, Option<string?> PerStep, Option<bool> PerLayer, Option<int> SelfComponents)
+sealed record ViewOptions(Option<int> Res, Option<string> From, Option<string?> PerStep, Option<bool> PerLayer, Option<int> SelfComponents, Option<int> CellSize)
 {
     public static ViewOptions Create() => new(
         new Option<int>("--res") { Description = "Resolution R of the maps: aggregate the layers whose queries form an R x R grid.", DefaultValueFactory = _ => 16 },
         new Option<string>("--from") { Description = "UNet places to aggregate: down, mid, up (comma-separated).", DefaultValueFactory = _ => "up,down" },
         new Option<string?>("--per-step") { Description = "UNet evaluations to show one by one, e.g. 0,5,10,25,50." },
         new Option<bool>("--per-layer") { Description = "Also show each cross-attention layer (averaged over steps)." },
-        new Option<int>("--self-components") { Description = "Show the top K principal components of the self-attention at R." });
+        new Option<int>("--self-components") { Description = "Show the top K principal components of the self-attention at R." },
+        new Option<int>("--cell-size") { Description = "Pixel size of each map in the grids.", DefaultValueFactory = _ => 256 });
 
-    public IEnumerable<Option> All => [Res, From, PerStep, PerLayer, SelfComponents];
+    public IEnumerable<Option> All => [Res, From, PerStep, PerLayer, SelfComponents, CellSize];
 
     public AttentionViewOptions Parse(ParseResult r)
     {
@@ -101,6 +102,8 @@ sealed record ViewOptions(Option<int> Res, Option<string> From, Option<string?> 
         if (r.GetValue(PerStep) is { } text)
             steps = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
                 .Select(s => int.TryParse(s, out var v) ? v : throw new UserError($"--per-step {text}: expected step numbers like 0,5,10.")).Distinct().ToList();
-        return new AttentionViewOptions(r.GetValue(Res), AttentionViewOptions.ParsePlaces(r.GetValue(From)!), steps, r.GetValue(PerLayer), r.GetValue(SelfComponents));
+        int cell = r.GetValue(CellSize);
+        if (cell is < 16 or > 2048) throw new UserError($"--cell-size must be between 16 and 2048 pixels; got {cell}.");
+        return new AttentionViewOptions(r.GetValue(Res), AttentionViewOptions.ParsePlaces(r.GetValue(From)!), steps, r.GetValue(PerLayer), r.GetValue(SelfComponents), cell);
     }
 }
