@@ -84,7 +84,7 @@ static class AttentionCommand
 }
 
 /// <summary>The attention-view options shared by <c>p2p attention</c> and <c>p2p edit --show-attention</c>.</summary>
-sealed record ViewOptions(Option<int> Res, Option<string> From, Option<string?> PerStep, Option<bool> PerLayer, Option<int> SelfComponents, Option<int> CellSize)
+sealed record ViewOptions(Option<int> Res, Option<string> From, Option<string?> PerStep, Option<bool> PerLayer, Option<int> SelfComponents, Option<int> CellSize, Option<bool> FullPrecision)
 {
     public static ViewOptions Create() => new(
         new Option<int>("--res") { Description = "Resolution R of the maps: aggregate the layers whose queries form an R x R grid.", DefaultValueFactory = _ => 16 },
@@ -92,9 +92,10 @@ sealed record ViewOptions(Option<int> Res, Option<string> From, Option<string?> 
         new Option<string?>("--per-step") { Description = "UNet evaluations to show one by one, e.g. 0,5,10,25,50." },
         new Option<bool>("--per-layer") { Description = "Also show each cross-attention layer (averaged over steps)." },
         new Option<int>("--self-components") { Description = "Show the top K principal components of the self-attention at R." },
-        new Option<int>("--cell-size") { Description = "Pixel size of each map in the grids.", DefaultValueFactory = _ => 256 });
+        new Option<int>("--cell-size") { Description = "Pixel size of each map in the grids.", DefaultValueFactory = _ => 256 },
+        new Option<bool>("--full-precision") { Description = "Keep per-step maps in float32 instead of float16 (twice the memory)." });
 
-    public IEnumerable<Option> All => [Res, From, PerStep, PerLayer, SelfComponents, CellSize];
+    public IEnumerable<Option> All => [Res, From, PerStep, PerLayer, SelfComponents, CellSize, FullPrecision];
 
     public AttentionViewOptions Parse(ParseResult r)
     {
@@ -104,6 +105,7 @@ sealed record ViewOptions(Option<int> Res, Option<string> From, Option<string?> 
                 .Select(s => int.TryParse(s, out var v) ? v : throw new UserError($"--per-step {text}: expected step numbers like 0,5,10.")).Distinct().ToList();
         int cell = r.GetValue(CellSize);
         if (cell is < 16 or > 2048) throw new UserError($"--cell-size must be between 16 and 2048 pixels; got {cell}.");
-        return new AttentionViewOptions(r.GetValue(Res), AttentionViewOptions.ParsePlaces(r.GetValue(From)!), steps, r.GetValue(PerLayer), r.GetValue(SelfComponents), cell);
+        return new AttentionViewOptions(r.GetValue(Res), AttentionViewOptions.ParsePlaces(r.GetValue(From)!), steps, r.GetValue(PerLayer), r.GetValue(SelfComponents), cell,
+            r.GetValue(FullPrecision));
     }
 }

@@ -15,9 +15,10 @@ namespace PromptToPrompt.Pipelines;
 /// <param name="PerLayer">Also show each cross-attention layer, averaged over steps (stores all resolutions).</param>
 /// <param name="SelfComponents">Number of principal components of the averaged self-attention at R (0 = none).</param>
 /// <param name="CellSize">Pixel size of each map in the grids.</param>
+/// <param name="FullPrecision">Keep per-step snapshots in float32 rather than float16.</param>
 public sealed record AttentionViewOptions(
     int Resolution = 16, IReadOnlyList<UNetPlace>? From = null, IReadOnlyList<int>? PerStep = null,
-    bool PerLayer = false, int SelfComponents = 0, int CellSize = 256)
+    bool PerLayer = false, int SelfComponents = 0, int CellSize = 256, bool FullPrecision = false)
 {
     public IReadOnlyList<UNetPlace> Places => From ?? [UNetPlace.Up, UNetPlace.Down];
 
@@ -32,7 +33,8 @@ public sealed record AttentionViewOptions(
     public StoreSettings StoreSettings => new(
         CrossMaxPixels: PerLayer ? int.MaxValue : Math.Max(32 * 32, Resolution * Resolution),
         SelfMaxPixels: SelfComponents > 0 ? Resolution * Resolution : 0,
-        KeepSteps: PerStep?.ToHashSet());
+        KeepSteps: PerStep?.ToHashSet(),
+        SnapshotType: FullPrecision ? ScalarType.Float32 : ScalarType.Float16);
 
     /// <summary>Checks the options against the run (number of UNet evaluations).</summary>
     public void Validate(int evaluations)
@@ -113,7 +115,7 @@ public static class AttentionReport
         foreach (var step in o.PerStep ?? [])
         {
             tensors[$"cross_step_{step:D3}"] = store.Aggregate(r, r, o.Places, true, select, [step]).permute(2, 0, 1).contiguous();
-            about[$"cross_step_{step:D3}"] = $"[tokens, {r}, {r}]: as cross_avg, at UNet evaluation {step} only (stored in float16)";
+            about[$"cross_step_{step:D3}"] = $"[tokens, {r}, {r}]: as cross_avg, at UNet evaluation {step} only (kept in {(o.FullPrecision ? "float32" : "float16")})";
         }
         if (o.PerLayer)
             foreach (var layer in store.Layers.Where(l => l.IsCross))
