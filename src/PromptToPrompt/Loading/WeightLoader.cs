@@ -95,9 +95,12 @@ public static class WeightLoader
     /// <summary>
     /// Moves <paramref name="module"/> to <paramref name="device"/> / <paramref name="dtype"/> and fills every parameter
     /// and persistent buffer from <paramref name="source"/>. Missing keys and shape mismatches are errors naming the
-    /// keys; keys the module does not have are returned (the caller decides whether they matter).
+    /// keys; keys the module does not have are returned (the caller decides whether they matter). The parameters are
+    /// frozen (no gradients) unless <paramref name="trainable"/>: inference and inversion only need gradients for
+    /// their own inputs.
     /// </summary>
-    public static List<string> Load(nn.Module module, TensorSource source, Device device, ScalarType dtype, ISet<string>? ignoredKeys = null)
+    public static List<string> Load(nn.Module module, TensorSource source, Device device, ScalarType dtype, ISet<string>? ignoredKeys = null,
+                                    bool trainable = false)
     {
         module.to(device, dtype);
         var targets = module.named_parameters().Select(p => (p.name, (Tensor)p.parameter)).ToList();
@@ -123,6 +126,7 @@ public static class WeightLoader
                 target.copy_(value);
             }
         }
+        foreach (var (_, p) in module.named_parameters()) p.requires_grad = trainable;
         var known = targets.Select(t => t.name).ToHashSet();
         return source.Keys.Where(k => !known.Contains(k) && !(ignoredKeys?.Contains(k) ?? false)).OrderBy(k => k).ToList();
     }
