@@ -57,7 +57,7 @@ static class AttentionCommand
             {
                 Prompts = [text], NegativePrompt = r.GetValue(negative)!, Steps = r.GetValue(steps), GuidanceScale = r.GetValue(guidance),
                 Scheduler = schedulerChosen, Seed = seedValue, InitialLatent = initial, Width = r.GetValue(width), Height = r.GetValue(height),
-            }, new ConsoleProgress("denoising"), store);
+            }, new ConsoleProgress("denoising"), store, CliSupport.Cancellation);
             result.Latents.Dispose();
             var metadata = new Dictionary<string, string>(result.Parameters);
             var written = new List<string>();

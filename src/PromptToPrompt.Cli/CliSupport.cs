@@ -37,9 +37,21 @@ static class CliSupport
     };
     public static Option<bool> Overwrite() => new("--overwrite") { Description = "Replace existing output files." };
 
-    /// <summary>Runs a command body: user errors become one line on stderr and exit code 1.</summary>
+    static readonly CancellationTokenSource CtrlC = new();
+
+    /// <summary>Cancelled by Ctrl-C: long loops stop at the next step; nothing half-written is left behind.</summary>
+    public static CancellationToken Cancellation => CtrlC.Token;
+
+    /// <summary>Runs a command body: user errors become one line on stderr and exit code 1; Ctrl-C exits with 130.</summary>
     public static int Run(Func<int> body)
     {
+        Console.CancelKeyPress += (_, e) =>
+        {
+            e.Cancel = true;
+            Console.Error.WriteLine("\nstopping after the current step (Ctrl-C again to abort at once)...");
+            if (CtrlC.IsCancellationRequested) Environment.Exit(130);
+            CtrlC.Cancel();
+        };
         try
         {
             return body();
@@ -90,20 +102,40 @@ static class CliSupport
 }
 
 /// <summary>A progress line on stderr: step, it/s, ETA. Redraws in place on a terminal; one line per step otherwise.</summary>
-sealed class ConsoleProgress(string label) : IProgress<StepProgress>
+sealed class ConsoleProgress(string label) : IProgress<StepProgress>, IProgress<InversionProgress>
 {
     readonly bool _interactive = !Console.IsErrorRedirected;
+    string? _phase;
 
-    public void Report(StepProgress p)
+    public void Report(StepProgress p) =>
+        Write(label, p.Step, p.Total, $"{p.StepsPerSecond:0.00} it/s  ETA {p.Remaining:m\\:ss}", p.Step == p.Total);
+
+    public void Report(InversionProgress p)
+    {
+        if (_phase is not null && _phase != p.Phase && _interactive) Console.Error.WriteLine();
+        _phase = p.Phase;
+        // Time per outer step so far; inner iterations vary (early stopping), so the ETA is an estimate.
+        double perStep = p.Step > 0 ? p.Elapsed.TotalSeconds / p.Step : 0;
+        var inner = p.InnerTotal > 0 ? $"  inner {p.Inner}/{p.InnerTotal}  loss {p.Loss:0.###e+0}" : "";
+        Write(p.Phase, p.Step, p.Total, $"{inner}  elapsed {p.Elapsed:m\\:ss}  ETA ~{TimeSpan.FromSeconds(perStep * (p.Total - p.Step)):m\\:ss}",
+            p.Step == p.Total && (p.InnerTotal == 0 || p.Inner == p.InnerTotal));
+    }
+
+    static int TerminalWidth()
+    {
+        try { return Math.Clamp(Console.BufferWidth - 1, 0, 110); }
+        catch (IOException) { return 0; }
+    }
+
+    void Write(string what, int step, int total, string detail, bool done)
     {
         const int width = 24;
-        int filled = p.Total == 0 ? width : p.Step * width / p.Total;
-        var bar = new string('#', filled) + new string('-', width - filled);
-        var line = $"{label} [{bar}] step {p.Step}/{p.Total}  {p.StepsPerSecond:0.00} it/s  ETA {p.Remaining:m\\:ss}";
+        int filled = total == 0 ? width : step * width / total;
+        var line = $"{what} [{new string('#', filled)}{new string('-', width - filled)}] step {step}/{total}  {detail}";
         if (_interactive)
         {
-            Console.Error.Write("\r" + line);
-            if (p.Step == p.Total) Console.Error.WriteLine();
+            Console.Error.Write("\r" + line.PadRight(TerminalWidth()));
+            if (done) Console.Error.WriteLine();
         }
         else Console.Error.WriteLine(line);
     }

@@ -38,15 +38,25 @@ static class EditCommand
         var output = new Option<string>("--out", "-o") { Description = "Output folder: prompt_0.png (source), prompt_1.png, ..., grid.png.", Required = true };
         var showAttention = new Option<bool>("--show-attention") { Description = "Also write each prompt's per-token cross-attention maps (attention_N_tokens.png, ...)." };
         var view = ViewOptions.Create();
+        var inversion = new Option<string?>("--inversion") { Description = "Edit an inverted photo: a file written by p2p invert (fixes the source prompt, x_T, steps and guidance)." };
+        var image = new Option<string?>("--image") { Description = "Edit a photo: invert it first (with --prompt describing it), then edit." };
+        var saveInversion = new Option<string?>("--save-inversion") { Description = "With --image: also write the inversion file." };
+        var photo = InvertCommand.PhotoOptions.Create();
 
         var command = new Command("edit", "Edit an image by editing its prompt (Prompt-to-Prompt).")
         {
             spec, model, prompt, target, edit, cross, self, blend, threshold, reweight, variant, negative, seed, steps, guidance,
-            scheduler, width, height, latent, saveLatents, overwrite, output, showAttention,
+            scheduler, width, height, latent, saveLatents, overwrite, output, showAttention, inversion, image, saveInversion,
         };
-        foreach (var o in view.All.Concat(modelOptions.All)) command.Options.Add(o);
+        foreach (var o in view.All.Concat(photo.All).Concat(modelOptions.All)) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
+            // An inversion (from a file, or made here from --image) fixes the source prompt, x_T, steps, guidance and scheduler.
+            using var inversionFile = r.GetValue(inversion) is { } invPath ? InversionFile.Load(invPath) : null;
+            var imagePath = r.GetValue(image);
+            if (inversionFile is not null && imagePath is not null) throw new UserError("Give --inversion or --image, not both.");
+            if (imagePath is not null && !File.Exists(imagePath)) throw new UserError($"Image not found: {imagePath}.");
+
             EditSpec s;
             var flagsForSpec = new Option[] { prompt, target, edit, cross, self, blend, threshold, reweight, variant };
             if (r.GetValue(spec) is { } specPath)
@@ -55,7 +65,7 @@ static class EditCommand
                     throw new UserError($"{clash.Name} cannot be combined with --spec: put the edit in the spec file, or drop --spec and use flags.");
                 s = EditSpec.Load(specPath);
             }
-            else s = FromFlags(r.GetValue(prompt), r.GetValue(target) ?? [], r.GetValue(edit), r.GetValue(cross), r.GetValue(self),
+            else s = FromFlags(r.GetValue(prompt) ?? inversionFile?.Prompt, r.GetValue(target) ?? [], r.GetValue(edit), r.GetValue(cross), r.GetValue(self),
                                r.GetValue(blend), r.GetValue(threshold), r.GetValue(reweight) ?? [], r.GetValue(variant));
             s = s with
             {
@@ -69,6 +79,8 @@ static class EditCommand
                 Height = r.GetValue(height) ?? s.Height,
                 NegativePrompt = r.GetValue(negative) ?? s.NegativePrompt,
             };
+            if (inversionFile is not null || imagePath is not null)
+                s = ForInversion(s, inversionFile, r.GetResult(steps) is not null || r.GetResult(guidance) is not null);
             if (s.Model is null) throw new UserError("No model: pass --model DIR|FILE or put \"model\" in the spec.");
             if (s.Scheduler is not null && !Schedulers.Schedulers.Names.Contains(s.Scheduler))
                 throw new UserError($"Unknown scheduler '{s.Scheduler}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
@@ -77,27 +89,53 @@ static class EditCommand
             var files = Enumerable.Range(0, s.Prompts.Count).Select(i => Path.Combine(outDir, $"prompt_{i}.png")).Append(Path.Combine(outDir, "grid.png")).ToList();
             bool show = r.GetValue(showAttention);
             var viewOptions = view.Parse(r);
-            if (show && !r.GetValue(overwrite) && Directory.Exists(outDir) && Directory.EnumerateFiles(outDir, "attention_*.png").Any())
+            bool replace = r.GetValue(overwrite);
+            if (show && !replace && Directory.Exists(outDir) && Directory.EnumerateFiles(outDir, "attention_*.png").Any())
                 throw new UserError($"{outDir} already holds attention_*.png maps. Choose another folder or pass --overwrite.");
             var latentsPath = r.GetValue(saveLatents);
-            bool replace = r.GetValue(overwrite);
-            foreach (var f in files.Append(latentsPath).OfType<string>()) AtomicFile.EnsureWritable(f, replace);
+            var saveInversionPath = r.GetValue(saveInversion);
+            if (saveInversionPath is not null && imagePath is null) throw new UserError("--save-inversion needs --image.");
+            foreach (var f in files.Append(latentsPath).Append(saveInversionPath).OfType<string>()) AtomicFile.EnsureWritable(f, replace);
             using var initial = s.Latent is { } lp ? CliSupport.ReadLatent(lp) : null;
             long seedValue = s.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
 
             using var sd = modelOptions.Load(r, s.Model);
+            var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
+            TorchSharp.torch.Tensor? xT = initial, nullEmbeddings = null;
+            InversionResult? fresh = null;
+            if (inversionFile is not null)
+            {
+                inversionFile.CheckCompatible(sd, s.Steps);
+                (xT, nullEmbeddings) = (inversionFile.XT, inversionFile.PerStepUnconditional);
+            }
+            else if (imagePath is not null)
+            {
+                var settings = new InversionSettings(photo.ParseMethod(r), s.Steps, r.GetValue(photo.InnerSteps) ?? 10, s.GuidanceScale);
+                fresh = InvertCommand.Run(pipeline, imagePath, s.Prompts[0], settings, photo.ParseFit(r), s.Width, s.Height, out var fitted, out var rec);
+                double psnr = Inversion.Psnr(fitted, rec);
+                Console.Error.WriteLine($"reconstruction PSNR {psnr:F2} dB against the input photo");
+                if (saveInversionPath is not null)
+                {
+                    InversionFile.Save(saveInversionPath, fresh, sd, imagePath, photo.ParseFit(r), fitted.Width, fitted.Height, psnr);
+                    Console.WriteLine(saveInversionPath);
+                }
+                (xT, nullEmbeddings) = (fresh.XT, fresh.NullEmbeddings);
+            }
+            using var _ = fresh;
             using var controller = s.Edit.Build(sd.Tokenizer, s.Prompts, s.Steps, show ? viewOptions : null);
             if (show) viewOptions.Validate(Schedulers.Schedulers.Create(s.Scheduler ?? Schedulers.Schedulers.DefaultFor(sd.Scheduler), sd.Scheduler, s.Steps).Timesteps.Count);
-            var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
-            if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
+            if (xT is null) Console.Error.WriteLine($"seed {seedValue}");
             var result = pipeline.Generate(new GenerationRequest
             {
                 Prompts = s.Prompts, NegativePrompt = s.NegativePrompt, Steps = s.Steps, GuidanceScale = s.GuidanceScale,
-                Scheduler = s.Scheduler, Seed = seedValue, InitialLatent = initial, Width = s.Width, Height = s.Height,
-            }, new ConsoleProgress($"{s.Edit.Edit.ToString().ToLowerInvariant()} ({s.Prompts.Count} prompts)"), controller);
+                Scheduler = s.Scheduler, Seed = seedValue, InitialLatent = xT, Width = s.Width, Height = s.Height,
+                UnconditionalEmbeddings = nullEmbeddings,
+            }, new ConsoleProgress($"{s.Edit.Edit.ToString().ToLowerInvariant()} ({s.Prompts.Count} prompts)"), controller, CliSupport.Cancellation);
             using (result.Latents)
             {
-                var text = new Dictionary<string, string>(result.Parameters) { ["prompt-to-prompt"] = s.ToJson(initial is null ? seedValue : null) };
+                var text = new Dictionary<string, string>(result.Parameters) { ["prompt-to-prompt"] = s.ToJson(xT is null ? seedValue : null) };
+                if (inversionFile is not null) text["inversion"] = $"{r.GetValue(inversion)} ({inversionFile.Metadata.GetValueOrDefault("method", "?")}, image sha256 {inversionFile.Metadata.GetValueOrDefault("image_sha256", "?")})";
+                if (imagePath is not null) text["inversion"] = $"{imagePath} (inverted here, sha256 {InversionFile.Sha256(imagePath)})";
                 for (int i = 0; i < s.Prompts.Count; i++)
                 {
                     Png.Save(files[i], result.Images[i], new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i], ["role"] = i == 0 ? "source" : $"target {i}" });
@@ -107,10 +145,10 @@ static class EditCommand
                 Console.WriteLine(files[^1]);
                 if (show)
                     for (int i = 0; i < s.Prompts.Count; i++)
-                        foreach (var (name, image) in AttentionReport.Images(controller, sd.Tokenizer, s.Prompts[i], i, result.Images[i], viewOptions, $"attention_{i}_"))
+                        foreach (var (name, picture) in AttentionReport.Images(controller, sd.Tokenizer, s.Prompts[i], i, result.Images[i], viewOptions, $"attention_{i}_"))
                         {
                             var path = Path.Combine(outDir, name);
-                            Png.Save(path, image, new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i] });
+                            Png.Save(path, picture, new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i] });
                             Console.WriteLine(path);
                         }
                 if (latentsPath is not null)
@@ -124,11 +162,31 @@ static class EditCommand
         return command;
     }
 
+    /// <summary>
+    /// An edit of an inverted photo samples exactly as the inversion assumed: DDIM, its steps and guidance, from its
+    /// x_T, starting from its prompt.
+    /// </summary>
+    static EditSpec ForInversion(EditSpec s, InversionFile? file, bool stepsOrGuidanceGiven)
+    {
+        if (file is not null)
+        {
+            if (s.Prompts[0] != file.Prompt)
+                throw new UserError($"The inversion was made for the prompt \"{file.Prompt}\"; an edit of it must start from that prompt (got \"{s.Prompts[0]}\"). Drop --prompt or invert again.");
+            if (stepsOrGuidanceGiven && (s.Steps != file.Steps || s.GuidanceScale != file.GuidanceScale))
+                throw new UserError($"The inversion was made with {file.Steps} steps and guidance {file.GuidanceScale}; the edit must use the same. Drop --steps/--guidance or invert again.");
+            s = s with { Steps = file.Steps, GuidanceScale = file.GuidanceScale };
+        }
+        if (s.Scheduler is not null and not "ddim")
+            throw new UserError($"Edits of inverted photos sample with DDIM, as the inversion does; --scheduler {s.Scheduler} cannot be used.");
+        if (s.Latent is not null) throw new UserError("--latent cannot be combined with an inversion: x_T comes from the inversion.");
+        return s with { Scheduler = "ddim" };
+    }
+
     /// <summary>Builds a spec from the everyday flags.</summary>
     internal static EditSpec FromFlags(string? source, string[] targets, string? edit, string? cross, string? self, string? blend,
                                        double? threshold, string[] reweights, string? variant)
     {
-        if (source is null) throw new UserError("Give --prompt (the source prompt) and --target (the edited prompt), or --spec FILE.");
+        if (source is null) throw new UserError("Give --prompt (the source prompt, describing the photo with --image) and --target (the edited prompt), or --spec FILE.");
         var equalizer = reweights.Select(ParseReweight).ToList();
         if (targets.Length == 0)
         {

@@ -51,7 +51,7 @@ static class GenerateCommand
                 Scheduler = schedulerName, Seed = seedValue, InitialLatent = initial, Width = r.GetValue(width), Height = r.GetValue(height),
             };
             if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
-            var result = pipeline.Generate(request, new ConsoleProgress("denoising"));
+            var result = pipeline.Generate(request, new ConsoleProgress("denoising"), null, CliSupport.Cancellation);
             using (result.Latents)
             {
                 for (int i = 0; i < prompts.Length; i++)

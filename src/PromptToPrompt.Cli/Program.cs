@@ -6,5 +6,6 @@ var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diff
     GenerateCommand.Create(),
     EditCommand.Create(),
     AttentionCommand.Create(),
+    InvertCommand.Create(),
 };
 return root.Parse(args).Invoke();

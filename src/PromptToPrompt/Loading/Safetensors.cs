@@ -41,7 +41,7 @@ public sealed class SafetensorsFile : IDisposable
     public SafetensorsFile(string path)
     {
         Path = path;
-        if (!File.Exists(path)) throw new UserError($"Weights file not found: {path}. Check the path.");
+        if (!File.Exists(path)) throw new UserError($"File not found: {path}. Check the path.");
         long length = new FileInfo(path).Length;
         string Corrupt(string why) =>
             $"{path} is not a valid safetensors file ({why}). The file is probably truncated or corrupt: download it again.";

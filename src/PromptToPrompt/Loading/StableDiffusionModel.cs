@@ -114,6 +114,35 @@ public sealed class StableDiffusionModel : IDisposable
         module.eval();
     }
 
+    string? _fingerprint;
+
+    /// <summary>
+    /// Identity of the model's numbers: SHA-256 (first 16 hex digits) over the configs, the tokenizer size and, for
+    /// every parameter in name order, its name, shape and up to 256 evenly spaced values. The same weights give the
+    /// same fingerprint whether loaded from a diffusers folder or a single file; float16 and float32 copies differ.
+    /// </summary>
+    public string Fingerprint => _fingerprint ??= ComputeFingerprint();
+
+    string ComputeFingerprint()
+    {
+        using var sha = System.Security.Cryptography.SHA256.Create();
+        void Add(string text) { var b = System.Text.Encoding.UTF8.GetBytes(text + "\n"); sha.TransformBlock(b, 0, b.Length, null, 0); }
+        Add(JsonSerializer.Serialize(new object[] { UNet.Config, Vae.Config, TextEncoder.Config, Tokenizer.VocabSize, Tokenizer.MaxLength }));
+        using var _ = no_grad();
+        foreach (var module in new nn.Module[] { TextEncoder, UNet, Vae })
+            foreach (var (name, p) in module.named_parameters().OrderBy(p => p.name, StringComparer.Ordinal))
+            {
+                Add($"{name} [{string.Join(",", p.shape)}]");
+                using var flat = p.detach().flatten();
+                long count = flat.shape[0], stride = Math.Max(1, count / 256);
+                using var sample = flat[TensorIndex.Slice(0, count, stride)].to(ScalarType.Float32).cpu().contiguous();
+                var bytes = sample.bytes.ToArray();
+                sha.TransformBlock(bytes, 0, bytes.Length, null, 0);
+            }
+        sha.TransformFinalBlock([], 0, 0);
+        return Convert.ToHexString(sha.Hash!)[..16].ToLowerInvariant();
+    }
+
     public void Dispose()
     {
         TextEncoder.Dispose();

@@ -112,7 +112,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
     /// unconditional embedding at each step (null-text inversion). Returns the final latents (float32).
     /// </summary>
     public Tensor Denoise(Tensor latents, Tensor uncond, Tensor cond, IScheduler scheduler, double guidance,
-                          IDenoisingObserver? observer = null, IProgress<StepProgress>? progress = null)
+                          IDenoisingObserver? observer = null, IProgress<StepProgress>? progress = null, CancellationToken cancel = default)
     {
         using var _ = no_grad();
         bool perStep = uncond.dim() == 4;
@@ -123,6 +123,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         var clock = Stopwatch.StartNew();
         for (int i = 0; i < total; i++)
         {
+            cancel.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
             observer?.OnStepStart(i, total);
             var input = scheduler.ScaleModelInput(cfg ? cat([x, x], 0) : x, i);
@@ -174,7 +175,8 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
     /// each prompt gets its own noise (as diffusers draws it); with one, all prompts share one x_T
     /// (<c>[1, C, h, w]</c>, broadcast), as the reference's <c>text2image_ldm_stable</c> does.
     /// </summary>
-    public GenerationResult Generate(GenerationRequest request, IProgress<StepProgress>? progress = null, AttentionController? controller = null)
+    public GenerationResult Generate(GenerationRequest request, IProgress<StepProgress>? progress = null, AttentionController? controller = null,
+                                     CancellationToken cancel = default)
     {
         if (request.Prompts.Count == 0) throw new UserError("Give at least one prompt.");
         var schedulerName = request.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler);
@@ -203,7 +205,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         else uncond = EncodePrompts(Enumerable.Repeat(request.NegativePrompt, n).ToList());
         Tensor final;
         using (model.UNet.Hooks.Use(controller))
-            final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, progress);
+            final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, progress, cancel);
         var images = Decode(final);
         var parameters = Parameters(request, schedulerName, width, height);
         return new GenerationResult(final.cpu().MoveToOuterDisposeScope(), images, parameters);

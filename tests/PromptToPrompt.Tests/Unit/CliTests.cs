@@ -56,7 +56,7 @@ public class CliTests
     [InlineData("--width|100", "width 100 is not a positive multiple of 8")]
     [InlineData("--scheduler|lms", "Unknown scheduler 'lms'")]
     [InlineData("--dtype|float8", "Unknown dtype 'float8'")]
-    [InlineData("--latent|/no/such.safetensors", "Weights file not found")]
+    [InlineData("--latent|/no/such.safetensors", "File not found")]
     public void Bad_input_is_one_line_nonzero_and_writes_nothing(string extra, string message)
     {
         using var dir = new TempDir();

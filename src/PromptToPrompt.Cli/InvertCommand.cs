@@ -1,0 +1,97 @@
+using System.CommandLine;
+using PromptToPrompt.Imaging;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Pipelines;
+
+namespace PromptToPrompt.Cli;
+
+/// <summary><c>p2p invert</c>: invert a photo (DDIM, null-text or negative-prompt inversion) and save the result.</summary>
+static class InvertCommand
+{
+    /// <summary>The options describing how a photo is inverted, shared with <c>p2p edit --image</c>.</summary>
+    internal sealed record PhotoOptions(Option<string?> Method, Option<int?> InnerSteps, Option<string?> Fit)
+    {
+        public static PhotoOptions Create() => new(
+            new Option<string?>("--method") { Description = "null-text (default), negative-prompt or ddim." },
+            new Option<int?>("--inner-steps") { Description = "Null-text: Adam iterations per step (default 10)." },
+            new Option<string?>("--fit") { Description = "crop (default: centre-crop to the model's aspect, as the reference) or pad (keep the whole photo, pad with black)." });
+
+        public IEnumerable<Option> All => [Method, InnerSteps, Fit];
+
+        public InversionMethod ParseMethod(ParseResult r) => r.GetValue(Method) switch
+        {
+            null or "null-text" => InversionMethod.NullText,
+            "negative-prompt" => InversionMethod.NegativePrompt,
+            "ddim" => InversionMethod.Ddim,
+            var m => throw new UserError($"Unknown inversion method '{m}'. Use null-text, negative-prompt or ddim."),
+        };
+
+        public FitMode ParseFit(ParseResult r) => r.GetValue(Fit) switch
+        {
+            null or "crop" => FitMode.Crop,
+            "pad" => FitMode.Pad,
+            var f => throw new UserError($"Unknown --fit '{f}'. Use crop or pad."),
+        };
+    }
+
+    public static Command Create()
+    {
+        var model = CliSupport.Model();
+        var image = new Option<string>("--image", "-i") { Description = "Photo to invert (PNG or JPEG).", Required = true };
+        var prompt = new Option<string>("--prompt", "-p") { Description = "A prompt describing the photo (the source prompt of later edits).", Required = true };
+        var steps = CliSupport.Steps();
+        var guidance = CliSupport.Guidance();
+        var width = CliSupport.Width();
+        var height = CliSupport.Height();
+        var photo = PhotoOptions.Create();
+        var reconstruction = new Option<string?>("--reconstruction") { Description = "Also write the image that sampling from the inversion reproduces." };
+        var overwrite = CliSupport.Overwrite();
+        var output = new Option<string>("--out", "-o") { Description = "Output inversion file (.safetensors): x_T and null_embeddings.", Required = true };
+        var modelOptions = CliSupport.ModelOptions.Create();
+        var command = new Command("invert", "Invert a photo so that it can be edited with Prompt-to-Prompt.")
+        {
+            model, image, prompt, steps, guidance, width, height, reconstruction, overwrite, output,
+        };
+        foreach (var o in photo.All.Concat(modelOptions.All)) command.Options.Add(o);
+        command.SetAction(r => CliSupport.Run(() =>
+        {
+            var outPath = r.GetValue(output)!;
+            var recPath = r.GetValue(reconstruction);
+            foreach (var f in new[] { outPath, recPath }.OfType<string>()) AtomicFile.EnsureWritable(f, r.GetValue(overwrite));
+            var settings = new InversionSettings(photo.ParseMethod(r), r.GetValue(steps), r.GetValue(photo.InnerSteps) ?? 10, r.GetValue(guidance));
+            settings.Validate();
+            using var sd = modelOptions.Load(r, r.GetValue(model)!);
+            var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
+            using var result = Run(pipeline, r.GetValue(image)!, r.GetValue(prompt)!, settings, photo.ParseFit(r), r.GetValue(width), r.GetValue(height),
+                out var fitted, out var rec);
+            double psnr = Inversion.Psnr(fitted, rec);
+            Console.Error.WriteLine($"reconstruction PSNR {psnr:F2} dB against the input photo (at {fitted.Width}x{fitted.Height})");
+            InversionFile.Save(outPath, result, sd, r.GetValue(image)!, photo.ParseFit(r), fitted.Width, fitted.Height, psnr);
+            Console.WriteLine(outPath);
+            if (recPath is not null)
+            {
+                Png.Save(recPath, rec, new Dictionary<string, string> { ["prompt"] = r.GetValue(prompt)!, ["reconstruction_psnr_db"] = $"{psnr:F2}" });
+                Console.WriteLine(recPath);
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>Loads and fits the photo, inverts it, and samples the reconstruction.</summary>
+    internal static InversionResult Run(StableDiffusionPipeline pipeline, string imagePath, string prompt, InversionSettings settings, FitMode fit,
+                                        int? width, int? height, out RgbImage fitted, out RgbImage reconstruction)
+    {
+        var (w, h) = pipeline.ResolveSize(width, height, null);
+        fitted = ImageInput.Load(imagePath, w, h, fit);
+        var result = new Inversion(pipeline).Invert(fitted, prompt, settings, new ConsoleProgress("inversion"), CliSupport.Cancellation);
+        var rec = pipeline.Generate(new GenerationRequest
+        {
+            Prompts = [prompt], Steps = settings.Steps, GuidanceScale = settings.GuidanceScale, Scheduler = "ddim",
+            InitialLatent = result.XT, UnconditionalEmbeddings = result.NullEmbeddings,
+        }, new ConsoleProgress("reconstruction"), null, CliSupport.Cancellation);
+        rec.Latents.Dispose();
+        reconstruction = rec.Images[0];
+        return result;
+    }
+}

@@ -1,0 +1,90 @@
+using System.Globalization;
+using System.Security.Cryptography;
+using PromptToPrompt.Imaging;
+using PromptToPrompt.Loading;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PromptToPrompt.Pipelines;
+
+/// <summary>
+/// A saved inversion: safetensors with <c>x_T</c> [1, C, h, w] and <c>null_embeddings</c> [steps, tokens, dim] (one per
+/// sampling step, in sampling order), and in <c>__metadata__</c> the prompt, every setting, the model's name and
+/// fingerprint, and the photo's SHA-256.
+/// </summary>
+public sealed record InversionFile(Tensor XT, Tensor NullEmbeddings, IReadOnlyDictionary<string, string> Metadata) : IDisposable
+{
+    public const string Format = "p2p-inversion/1";
+
+    public string Prompt => Metadata["prompt"];
+    public int Steps => int.Parse(Metadata["steps"], CultureInfo.InvariantCulture);
+    public double GuidanceScale => double.Parse(Metadata["guidance_scale"], CultureInfo.InvariantCulture);
+    /// <summary>The null embeddings as the pipeline takes them: [steps, 1, tokens, dim].</summary>
+    public Tensor PerStepUnconditional => NullEmbeddings.unsqueeze(1);
+
+    public static string Sha256(string path)
+    {
+        using var stream = File.OpenRead(path);
+        return Convert.ToHexString(SHA256.HashData(stream)).ToLowerInvariant();
+    }
+
+    public static void Save(string path, InversionResult result, StableDiffusionModel model, string imagePath, FitMode fit, int width, int height, double psnr)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var s = result.Settings;
+        var metadata = new Dictionary<string, string>
+        {
+            ["format"] = Format,
+            ["prompt"] = result.Prompt,
+            ["method"] = s.Method switch { InversionMethod.NullText => "null-text", InversionMethod.NegativePrompt => "negative-prompt", _ => "ddim" },
+            ["steps"] = s.Steps.ToString(inv),
+            ["inner_steps"] = s.InnerSteps.ToString(inv),
+            ["guidance_scale"] = s.GuidanceScale.ToString("R", inv),
+            ["early_stop_epsilon"] = s.EarlyStopEpsilon.ToString("R", inv),
+            ["scheduler"] = "ddim",
+            ["model"] = model.Name,
+            ["model_fingerprint"] = model.Fingerprint,
+            ["image"] = Path.GetFileName(imagePath),
+            ["image_sha256"] = Sha256(imagePath),
+            ["fit"] = fit.ToString().ToLowerInvariant(),
+            ["width"] = width.ToString(inv),
+            ["height"] = height.ToString(inv),
+            ["reconstruction_psnr_db"] = psnr.ToString("F2", inv),
+        };
+        using var embeddings = result.NullEmbeddings.squeeze(1);
+        SafetensorsFile.Write(path, new Dictionary<string, Tensor> { ["x_T"] = result.XT, ["null_embeddings"] = embeddings }, metadata);
+    }
+
+    public static InversionFile Load(string path)
+    {
+        using var file = new SafetensorsFile(path);
+        foreach (var name in new[] { "x_T", "null_embeddings" })
+            if (!file.Entries.ContainsKey(name))
+                throw new UserError($"{path} is not an inversion file (no tensor '{name}'). Make one with p2p invert.");
+        foreach (var key in new[] { "prompt", "steps", "guidance_scale", "model_fingerprint" })
+            if (!file.Metadata.ContainsKey(key))
+                throw new UserError($"{path} lacks the '{key}' metadata of an inversion file. Make it again with p2p invert.");
+        var xT = file.Read("x_T").to(ScalarType.Float32);
+        var nulls = file.Read("null_embeddings").to(ScalarType.Float32);
+        var result = new InversionFile(xT, nulls, file.Metadata);
+        if (xT.dim() != 4 || xT.shape[0] != 1 || nulls.dim() != 3 || nulls.shape[0] != result.Steps)
+            throw new UserError($"{path}: x_T [{string.Join(",", xT.shape)}] or null_embeddings [{string.Join(",", nulls.shape)}] do not fit {result.Steps} steps. The file is corrupt: invert again.");
+        return result;
+    }
+
+    /// <summary>Refuses to edit with an inversion made by another model or for a different step count.</summary>
+    public void CheckCompatible(StableDiffusionModel model, int? steps)
+    {
+        if (Metadata["model_fingerprint"] != model.Fingerprint)
+            throw new UserError($"This inversion was made with model '{Metadata.GetValueOrDefault("model", "?")}' (fingerprint {Metadata["model_fingerprint"]}), " +
+                                $"not with '{model.Name}' (fingerprint {model.Fingerprint}) in this precision. Invert the image again with this model.");
+        if (steps is int s && s != Steps)
+            throw new UserError($"This inversion has {Steps} steps; editing it needs the same number (got --steps {s}). Drop --steps or invert again with --steps {s}.");
+    }
+
+    public void Dispose()
+    {
+        XT.Dispose();
+        NullEmbeddings.Dispose();
+    }
+}
