@@ -7,5 +7,6 @@ var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diff
     EditCommand.Create(),
     AttentionCommand.Create(),
     InvertCommand.Create(),
+    BenchmarkCommand.Create(),
 };
 return root.Parse(args).Invoke();

@@ -166,6 +166,9 @@ public sealed class ClipTokenizer
         return _cache[piece] = chars.ToArray();
     }
 
+    /// <summary>The printable character GPT-2's byte alphabet uses for <paramref name="b"/>.</summary>
+    public static char ByteCharacter(byte b) => ByteToChar[b];
+
     /// <summary>GPT-2's reversible map from bytes to printable unicode characters.</summary>
     static char[] BuildByteToChar()
     {

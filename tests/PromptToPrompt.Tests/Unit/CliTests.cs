@@ -154,3 +154,65 @@ public class EditCliTests
         Assert.False(Directory.Exists(dir.File("out")));
     }
 }
+
+/// <summary><c>p2p invert</c> and editing from an inversion, as a user runs them.</summary>
+public class InversionCliTests
+{
+    static readonly string Photo = ConformanceData.Golden("inversion/images/inv01_red_ball_image_gt.png");
+
+    [Fact]
+    public void Invert_then_edit_from_the_file_and_refuse_mismatches()
+    {
+        using var dir = new TempDir();
+        var (code, stdout, stderr) = CliTests.RunP2P("invert", "--model", ConformanceData.ModelPath, "--image", Photo, "--prompt", "a red ball next to a blue ball",
+            "--steps", "3", "--inner-steps", "2", "--width", "128", "--height", "128", "--out", dir.File("inv.safetensors"), "--reconstruction", dir.File("rec.png"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains("null-text optimisation", stderr);
+        Assert.Contains("loss", stderr);
+        Assert.Contains("reconstruction PSNR", stderr);
+        Assert.Contains(dir.File("rec.png"), stdout);
+        using (var inv = new SafetensorsFile(dir.File("inv.safetensors")))
+        {
+            Assert.Equal([1L, 4, 16, 16], inv.Entries["x_T"].Shape);
+            Assert.Equal([3L, 77, 32], inv.Entries["null_embeddings"].Shape);
+            Assert.Equal("null-text", inv.Metadata["method"]);
+            Assert.Equal("a red ball next to a blue ball", inv.Metadata["prompt"]);
+        }
+
+        (code, stdout, stderr) = CliTests.RunP2P("edit", "--model", ConformanceData.ModelPath, "--inversion", dir.File("inv.safetensors"),
+            "--target", "a red cube next to a blue ball", "--out", dir.File("edit"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains("inv.safetensors", Png.ReadText(Path.Combine(dir.File("edit"), "prompt_1.png"))["inversion"]);
+        Assert.Equal(128, RgbImage.Load(Path.Combine(dir.File("edit"), "prompt_1.png")).Width);
+
+        foreach (var (args, message) in new[]
+        {
+            (new[] { "--steps", "5" }, "the edit must use the same"),
+            (new[] { "--dtype", "bfloat16" }, "Invert the image again with this model"),
+            (new[] { "--prompt", "a green ball next to a blue ball" }, "must start from that prompt"),
+            (new[] { "--scheduler", "pndm" }, "sample with DDIM"),
+        })
+        {
+            var all = new List<string> { "edit", "--model", ConformanceData.ModelPath, "--inversion", dir.File("inv.safetensors"),
+                "--target", "a red cube next to a blue ball", "--out", dir.File("bad") };
+            all.AddRange(args);
+            (code, _, stderr) = CliTests.RunP2P(all.ToArray());
+            Assert.Equal(1, code);
+            Assert.Contains(message, stderr);
+            Assert.False(Directory.Exists(dir.File("bad")));
+        }
+    }
+
+    [Fact]
+    public void Edit_a_photo_in_one_go()
+    {
+        using var dir = new TempDir();
+        var (code, stdout, stderr) = CliTests.RunP2P("edit", "--model", ConformanceData.ModelPath, "--image", Photo, "--method", "negative-prompt",
+            "--prompt", "a red ball next to a blue ball", "--target", "a red cube next to a blue ball", "--steps", "3", "--width", "64", "--height", "64",
+            "--fit", "pad", "--save-inversion", dir.File("inv.safetensors"), "--out", dir.File("edit"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains(dir.File("inv.safetensors"), stdout);
+        using var inv = new SafetensorsFile(dir.File("inv.safetensors"));
+        Assert.Equal("pad", inv.Metadata["fit"]);
+    }
+}

@@ -1,0 +1,88 @@
+using System.CommandLine;
+using System.Diagnostics;
+using PromptToPrompt.Control;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Pipelines;
+using static TorchSharp.torch;
+
+namespace PromptToPrompt.Cli;
+
+/// <summary><c>p2p benchmark</c>: time and peak memory of each stage, on a model or a full-size random-weight architecture.</summary>
+static class BenchmarkCommand
+{
+    public static Command Create()
+    {
+        var model = new Option<string?>("--model", "-m") { Description = "Model folder or checkpoint (or use --architecture)." };
+        var architecture = new Option<string?>("--architecture") { Description = "Full-size random-weight model: sd15 or sd21 (no weights needed)." };
+        var steps = CliSupport.Steps(5);
+        var width = CliSupport.Width();
+        var height = CliSupport.Height();
+        var inversion = new Option<bool>("--inversion") { Description = "Also time null-text inversion (one step of inner iterations)." };
+        var modelOptions = CliSupport.ModelOptions.Create();
+        var command = new Command("benchmark", "Measure time and peak memory of generation, editing, decoding and inversion.")
+        {
+            model, architecture, steps, width, height, inversion,
+        };
+        foreach (var o in modelOptions.All) command.Options.Add(o);
+        command.SetAction(r => CliSupport.Run(() =>
+        {
+            var clock = Stopwatch.StartNew();
+            var (arch, path) = (r.GetValue(architecture), r.GetValue(model));
+            if ((arch is null) == (path is null)) throw new UserError("Give exactly one of --model and --architecture.");
+            using var sd = arch is not null
+                ? KnownModels.Random(arch, ModelPlacement.Parse(r.GetValue(modelOptions.Device)!, r.GetValue(modelOptions.DType)!))
+                : modelOptions.Load(r, path!);
+            var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
+            var (w, h) = pipeline.ResolveSize(r.GetValue(width), r.GetValue(height), null);
+            int n = r.GetValue(steps);
+            Report($"load ({sd.Name})", clock.Elapsed, null);
+            Console.WriteLine($"size {w}x{h}, {n} steps (ddim), {get_num_threads()} threads, {sd.Placement.DType.ToString().ToLowerInvariant()} on {sd.Placement.Device}");
+
+            Measure("text encoder (2 prompts)", 1, () => pipeline.EncodePrompts(["a cat riding a bicycle", "a cat riding a car"]).Dispose());
+            GenerationRequest Request(params string[] prompts) => new() { Prompts = prompts, Steps = n, Scheduler = "ddim", Seed = 1, Width = w, Height = h };
+            Tensor? final = null;
+            Measure("plain generation, 1 prompt", n, () => { final?.Dispose(); final = Denoise(pipeline, Request("a cat riding a bicycle"), null); });
+            using (var store = new AttentionStore(1))
+                Measure("generation + AttentionStore", n, () => Denoise(pipeline, Request("a cat riding a bicycle"), store).Dispose());
+            using (var swap = new AttentionReplace(sd.Tokenizer, ["a cat riding a bicycle", "a cat riding a car"], n, new EditSchedule(0.8, StepWindow.Until(0.4))))
+                Measure("word swap, 2 prompts", n, () => Denoise(pipeline, Request("a cat riding a bicycle", "a cat riding a car"), swap).Dispose());
+            Measure("VAE decode, 1 image", 1, () => pipeline.Decode(final!));
+            if (r.GetValue(inversion))
+            {
+                var photo = pipeline.Decode(final!)[0];
+                Measure("null-text inversion, 1 step x 10 inner", 1, () =>
+                    new Inversion(pipeline).Invert(photo, "a cat riding a bicycle", new InversionSettings(InversionMethod.NullText, 1, 10, EarlyStopEpsilon: 0)).Dispose());
+            }
+            final?.Dispose();
+            return 0;
+        }));
+        return command;
+    }
+
+    /// <summary>The denoising loop alone (no VAE decoding), as <see cref="StableDiffusionPipeline.Generate"/> runs it.</summary>
+    static Tensor Denoise(StableDiffusionPipeline pipeline, GenerationRequest request, AttentionController? controller)
+    {
+        var scheduler = Schedulers.Schedulers.Create("ddim", pipeline.Model.Scheduler, request.Steps);
+        int count = request.Prompts.Count;
+        using var noise = pipeline.InitialNoise(request.Seed, 1, request.Width!.Value, request.Height!.Value);
+        using var latents = noise.expand(count, -1, -1, -1).contiguous();
+        using var cond = pipeline.EncodePrompts(request.Prompts);
+        using var uncond = pipeline.EncodePrompts(Enumerable.Repeat("", count).ToList());
+        using (pipeline.Model.UNet.Hooks.Use(controller))
+            return pipeline.Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, null, CliSupport.Cancellation);
+    }
+
+    static void Measure(string what, int steps, Action action)
+    {
+        var clock = Stopwatch.StartNew();
+        action();
+        Report(what, clock.Elapsed, steps);
+    }
+
+    static void Report(string what, TimeSpan elapsed, int? steps)
+    {
+        using var process = Process.GetCurrentProcess();
+        var rate = steps is int s && s > 1 ? $"  {s / elapsed.TotalSeconds,6:0.00} it/s" : "";
+        Console.WriteLine($"{what,-42} {elapsed.TotalSeconds,8:0.00} s{rate}  peak RSS {process.PeakWorkingSet64 / (1 << 20),6} MB");
+    }
+}
