@@ -8,5 +8,6 @@ var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diff
     AttentionCommand.Create(),
     InvertCommand.Create(),
     BenchmarkCommand.Create(),
+    TrainShapesCommand.Create(),
 };
 return root.Parse(args).Invoke();

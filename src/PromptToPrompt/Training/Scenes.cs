@@ -1,0 +1,129 @@
+using PromptToPrompt.Imaging;
+
+namespace PromptToPrompt.Training;
+
+/// <summary>One object of a scene: its shape, colour, size word, and pixel mask (row-major, Size x Size).</summary>
+public sealed record SceneObject(string Shape, string Colour, string SizeWord, bool[] Mask);
+
+/// <summary>A captioned synthetic image with its objects.</summary>
+public sealed record Scene(RgbImage Image, string Caption, string Background, IReadOnlyList<SceneObject> Objects);
+
+/// <summary>
+/// A deterministic generator of captioned scenes: one to three objects (circle, square, triangle, star, ring) in
+/// named colours and two sizes, on a plain or striped background, captioned from a small grammar:
+/// <c>a [small|large] red circle [and a ...] on a yellow background</c>.
+/// </summary>
+public sealed class Scenes(int size = 64)
+{
+    public static readonly string[] Shapes = ["circle", "square", "triangle", "star", "ring"];
+    public static readonly Dictionary<string, (byte R, byte G, byte B)> Colours = new()
+    {
+        ["red"] = (220, 40, 40), ["green"] = (40, 180, 60), ["blue"] = (40, 70, 220), ["yellow"] = (235, 220, 50),
+        ["purple"] = (150, 60, 190), ["orange"] = (245, 140, 30), ["white"] = (245, 245, 245), ["black"] = (20, 20, 20),
+    };
+    public static readonly string[] Backgrounds = ["white", "black", "yellow", "blue", "gray"];
+    static readonly Dictionary<string, (byte, byte, byte)> BackgroundColours = new()
+    {
+        ["white"] = (245, 245, 245), ["black"] = (20, 20, 20), ["yellow"] = (235, 220, 50), ["blue"] = (40, 70, 220), ["gray"] = (128, 128, 128),
+    };
+
+    public int Size => size;
+
+    /// <summary>Every word the grammar can produce (for building the tokenizer).</summary>
+    public static IEnumerable<string> Vocabulary =>
+        new[] { "a", "and", "on", "background", "small", "large", "striped" }.Concat(Shapes).Concat(Colours.Keys).Concat(Backgrounds).Distinct();
+
+    /// <summary>Scene number <paramref name="index"/> of the stream seeded by <paramref name="seed"/> (the same pair always gives the same scene).</summary>
+    public Scene Generate(long seed, long index, int? objectCount = null)
+    {
+        var rng = new Random(StableSeed(seed, index));
+        int count = objectCount ?? rng.Next(1, 4);
+        var bg = Backgrounds[rng.Next(Backgrounds.Length)];
+        bool striped = rng.NextDouble() < 0.2;
+        var objects = new List<(string Shape, string Colour, string SizeWord, double Cx, double Cy, double R)>();
+        for (int i = 0; i < count; i++)
+        {
+            string colour;
+            do colour = Colours.Keys.ElementAt(rng.Next(Colours.Count)); while (colour == bg);
+            var shape = Shapes[rng.Next(Shapes.Length)];
+            bool large = rng.NextDouble() < 0.5;
+            double r = size * (large ? 0.22 : 0.13);
+            // Place away from the border and, best effort, from the other objects.
+            double cx = 0, cy = 0;
+            for (int attempt = 0; attempt < 20; attempt++)
+            {
+                cx = r + rng.NextDouble() * (size - 2 * r);
+                cy = r + rng.NextDouble() * (size - 2 * r);
+                if (objects.All(o => Math.Sqrt((o.Cx - cx) * (o.Cx - cx) + (o.Cy - cy) * (o.Cy - cy)) > o.R + r + 2)) break;
+            }
+            objects.Add((shape, colour, large ? "large" : "small", cx, cy, r));
+        }
+        return Render(objects, bg, striped);
+    }
+
+    /// <summary>Renders a scene from explicit objects (used by the evaluation to build captions it controls).</summary>
+    public Scene Render(IReadOnlyList<(string Shape, string Colour, string SizeWord, double Cx, double Cy, double R)> objects, string background, bool striped)
+    {
+        var pixels = new byte[size * size * 3];
+        var (br, bgc, bb) = BackgroundColours[background];
+        for (int y = 0; y < size; y++)
+            for (int x = 0; x < size; x++)
+            {
+                bool stripe = striped && (x + y) / 4 % 2 == 0;
+                int o = (y * size + x) * 3;
+                // Stripes: the background colour alternating with a darker shade.
+                pixels[o] = (byte)(stripe ? br * 3 / 4 : br);
+                pixels[o + 1] = (byte)(stripe ? bgc * 3 / 4 : bgc);
+                pixels[o + 2] = (byte)(stripe ? bb * 3 / 4 : bb);
+            }
+        var result = new List<SceneObject>();
+        foreach (var (shape, colour, sizeWord, cx, cy, r) in objects)
+        {
+            var mask = new bool[size * size];
+            var (cr, cg, cb) = Colours[colour];
+            for (int y = 0; y < size; y++)
+                for (int x = 0; x < size; x++)
+                {
+                    if (!Inside(shape, x + 0.5 - cx, y + 0.5 - cy, r)) continue;
+                    mask[y * size + x] = true;
+                    int o = (y * size + x) * 3;
+                    (pixels[o], pixels[o + 1], pixels[o + 2]) = (cr, cg, cb);
+                }
+            // Later objects cover earlier ones.
+            foreach (var earlier in result)
+                for (int i = 0; i < mask.Length; i++) if (mask[i]) earlier.Mask[i] = false;
+            result.Add(new SceneObject(shape, colour, sizeWord, mask));
+        }
+        var caption = string.Join(" and ", result.Select(o => $"a {o.SizeWord} {o.Colour} {o.Shape}")) + $" on a {(striped ? "striped " : "")}{background} background";
+        return new Scene(new RgbImage(size, size, pixels), caption, background, result);
+    }
+
+    /// <summary>A seed mixed from two numbers, the same in every process (unlike HashCode.Combine).</summary>
+    public static int StableSeed(long a, long b)
+    {
+        ulong h = (ulong)a * 0x9E3779B97F4A7C15UL ^ (ulong)b * 0xC2B2AE3D27D4EB4FUL;
+        h ^= h >> 31;
+        h *= 0xBF58476D1CE4E5B9UL;
+        h ^= h >> 29;
+        return (int)(h & 0x7FFFFFFF);
+    }
+
+    static bool Inside(string shape, double dx, double dy, double r) => shape switch
+    {
+        "circle" => dx * dx + dy * dy <= r * r,
+        "ring" => dx * dx + dy * dy <= r * r && dx * dx + dy * dy >= 0.45 * r * r,
+        "square" => Math.Abs(dx) <= r * 0.85 && Math.Abs(dy) <= r * 0.85,
+        "triangle" => dy <= r * 0.8 && dy >= -r && Math.Abs(dx) <= (dy + r) * 0.6,
+        "star" => Star(dx, dy, r),
+        _ => false,
+    };
+
+    static bool Star(double dx, double dy, double r)
+    {
+        double angle = Math.Atan2(dy, dx) + Math.PI / 2;
+        double d = Math.Sqrt(dx * dx + dy * dy);
+        // Radius oscillates between the outer and inner radius five times around.
+        double t = Math.Abs(((angle / (2 * Math.PI) * 5) % 1 + 1) % 1 - 0.5) * 2; // 1 at the points, 0 between
+        return d <= r * (0.45 + 0.55 * t);
+    }
+}

@@ -1,0 +1,184 @@
+using System.Diagnostics;
+using System.Text.Json;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Models;
+using PromptToPrompt.Schedulers;
+using PromptToPrompt.Text;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace PromptToPrompt.Training;
+
+/// <summary>
+/// Settings of <c>p2p train-shapes</c>. The schedule is defined in steps, so the same seed and step counts give the
+/// same model; <see cref="Minutes"/> only caps wall time (training then stops at a checkpoint and resumes later).
+/// </summary>
+public sealed record ShapesTrainingOptions(
+    string OutDir, long Seed = 0, int VaeSteps = 1500, int UNetSteps = 6000, int VaeBatch = 16, int UNetBatch = 32,
+    double? Minutes = null, double CaptionDropout = 0.1, int CheckpointEverySteps = 500);
+
+/// <summary>Progress of training: phase, step, loss.</summary>
+public readonly record struct TrainingProgress(string Phase, int Step, int Total, double Loss, TimeSpan Elapsed);
+
+/// <summary>
+/// Trains a small Stable-Diffusion-shaped model on <see cref="Scenes"/>: the VAE first (reconstruction + a small KL
+/// term; then the latent scaling factor is set to 1/std of the latents), then the UNet and the text encoder together
+/// on the DDPM noise-prediction loss with caption dropout (so classifier-free guidance works). Everything uses the
+/// project's own model classes and is saved as a diffusers folder.
+/// </summary>
+public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>? log = null)
+{
+    public const int ImageSize = 64;
+    public const int MaxTokens = 32;
+
+    public static (UNetConfig UNet, VaeConfig Vae, ClipTextConfig Text, SchedulerConfig Scheduler) Configs(int vocabSize) => (
+        new UNetConfig(4, 4, [32, 64, 64], ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"], ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            1, [2, 4, 4], 64, 8, 1e-5, true, 0, 1, 1.0, false, false, ImageSize / 4, false),
+        new VaeConfig(3, 3, 4, [32, 64, 64], 1, 8, 1.0, ImageSize),
+        new ClipTextConfig(vocabSize, 64, 128, 2, 4, MaxTokens, 1e-5, "quick_gelu"),
+        new SchedulerConfig(BetaStart: 0.00085, BetaEnd: 0.012, BetaSchedule: "scaled_linear", SkipPrkSteps: true, StepsOffset: 1,
+            SetAlphaToOne: false, ClipSample: false, ClassName: "DDIMScheduler"));
+
+    string Checkpoint(string name) => Path.Combine(options.OutDir, "checkpoint", name);
+
+    sealed record State(string Phase, int Step, double ScalingFactor, double ElapsedSeconds);
+
+    public void Run(IProgress<TrainingProgress>? progress = null, CancellationToken cancel = default)
+    {
+        set_num_threads(Math.Max(1, Environment.ProcessorCount));
+        var (vocab, merges) = BpeTrainer.Train(Scenes.Vocabulary);
+        var tokenizerDir = Path.Combine(options.OutDir, "tokenizer");
+        BpeTrainer.Save(tokenizerDir, vocab, merges, MaxTokens);
+        var tokenizer = ClipTokenizer.Load(tokenizerDir);
+        var (unetConfig, vaeConfig, textConfig, schedulerConfig) = Configs(tokenizer.VocabSize);
+
+        manual_seed(options.Seed);
+        using var vae = new AutoencoderKL(vaeConfig);
+        using var unet = new UNet2DConditionModel(unetConfig);
+        using var text = new ClipTextModel(textConfig);
+        var state = File.Exists(Checkpoint("state.json"))
+            ? JsonSerializer.Deserialize<State>(File.ReadAllText(Checkpoint("state.json")))!
+            : new State("vae", 0, 1.0, 0);
+        if (state.Step > 0 || state.Phase != "vae")
+        {
+            foreach (var (module, name) in new (nn.Module, string)[] { (vae, "vae"), (unet, "unet"), (text, "text_encoder") })
+                using (var source = TensorSource.Open(name, Checkpoint($"{name}.safetensors")))
+                    WeightLoader.Load(module, source, CPU, ScalarType.Float32, trainable: true);
+            log?.Invoke($"resuming {state.Phase} at step {state.Step}");
+        }
+        var scenes = new Scenes(ImageSize);
+        var clock = Stopwatch.StartNew();
+        var budget = options.Minutes is double m ? TimeSpan.FromMinutes(m) : TimeSpan.MaxValue;
+        double elapsedBefore = state.ElapsedSeconds;
+
+        void Save(State s)
+        {
+            Directory.CreateDirectory(Checkpoint(""));
+            ModelFolderWriter.SaveWeights(Checkpoint("vae.safetensors"), vae, ScalarType.Float32);
+            ModelFolderWriter.SaveWeights(Checkpoint("unet.safetensors"), unet, ScalarType.Float32);
+            ModelFolderWriter.SaveWeights(Checkpoint("text_encoder.safetensors"), text, ScalarType.Float32);
+            var json = JsonSerializer.Serialize(s with { ElapsedSeconds = elapsedBefore + clock.Elapsed.TotalSeconds });
+            AtomicFile.Write(Checkpoint("state.json"), f => f.Write(System.Text.Encoding.UTF8.GetBytes(json)));
+        }
+
+        if (state.Phase == "vae")
+        {
+            vae.train();
+            foreach (var (_, p) in vae.named_parameters()) p.requires_grad = true;
+            using var optimizer = optim.Adam(vae.parameters(), lr: 1e-3);
+            if (state.Step > 0 && File.Exists(Checkpoint("vae.optimizer"))) optimizer.load_state_dict(Checkpoint("vae.optimizer"));
+            for (int step = state.Step; step < options.VaeSteps; step++)
+            {
+                cancel.ThrowIfCancellationRequested();
+                using var scope = NewDisposeScope();
+                var x = Batch(scenes, "vae", step, options.VaeBatch).Images;
+                var (mean, std) = vae.Encode(x);
+                using var g = new Generator((ulong)(options.Seed * 1_000_003 + step), CPU);
+                var z = mean + std * randn(mean.shape, generator: g);
+                var recon = vae.Decode(z);
+                var kl = 0.5 * (mean.pow(2) + std.pow(2) - 1 - (std.pow(2) + 1e-10).log()).mean();
+                var loss = F.mse_loss(recon, x) + 1e-4 * kl;
+                optimizer.zero_grad();
+                loss.backward();
+                optimizer.step();
+                progress?.Report(new TrainingProgress("VAE", step + 1, options.VaeSteps, loss.item<float>(), clock.Elapsed));
+                if ((step + 1) % options.CheckpointEverySteps == 0 || clock.Elapsed > budget)
+                {
+                    Save(new State("vae", step + 1, 1.0, 0));
+                    optimizer.save_state_dict(Checkpoint("vae.optimizer"));
+                    if (clock.Elapsed > budget) { log?.Invoke("time budget reached: stopped at a checkpoint; run again to resume."); return; }
+                }
+            }
+            // Scale latents to unit variance, as SD's 0.18215 does for its VAE.
+            vae.eval();
+            using (no_grad())
+            using (var scope = NewDisposeScope())
+            {
+                var (mean, _) = vae.Encode(Batch(scenes, "scale", 0, 256).Images);
+                state = new State("unet", 0, 1.0 / mean.std().item<float>(), 0);
+            }
+            Save(state);
+        }
+
+        var scaled = vaeConfig with { ScalingFactor = Math.Round(state.ScalingFactor, 5) };
+        foreach (var (_, p) in vae.named_parameters()) p.requires_grad = false;
+        vae.eval();
+        unet.train();
+        text.train();
+        var parameters = unet.parameters().Concat(text.parameters()).ToList();
+        foreach (var p in parameters) p.requires_grad = true;
+        using (var optimizer = optim.AdamW(parameters, lr: 5e-4, weight_decay: 1e-4))
+        {
+            if (state.Step > 0 && File.Exists(Checkpoint("unet.optimizer"))) optimizer.load_state_dict(Checkpoint("unet.optimizer"));
+            var alphas = new NoiseSchedule(schedulerConfig).AlphasCumprod;
+            var sqrtA = tensor(alphas.Select(a => MathF.Sqrt(a)).ToArray());
+            var sqrtB = tensor(alphas.Select(a => MathF.Sqrt(1 - a)).ToArray());
+            for (int step = state.Step; step < options.UNetSteps; step++)
+            {
+                cancel.ThrowIfCancellationRequested();
+                using var scope = NewDisposeScope();
+                var batch = Batch(scenes, "unet", step, options.UNetBatch);
+                Tensor x0;
+                using (no_grad()) x0 = vae.Encode(batch.Images).Mean * scaled.ScalingFactor;
+                using var g = new Generator((ulong)(options.Seed * 7_000_003 + step), CPU);
+                var noise = randn(x0.shape, generator: g);
+                var t = randint(0, schedulerConfig.NumTrainTimesteps, [x0.shape[0]], generator: g);
+                var xt = sqrtA[t].reshape(-1, 1, 1, 1) * x0 + sqrtB[t].reshape(-1, 1, 1, 1) * noise;
+                var rng = new Random(Scenes.StableSeed(options.Seed + 17, step));
+                var captions = batch.Captions.Select(c => rng.NextDouble() < options.CaptionDropout ? "" : c).ToList();
+                var ids = tensor(captions.SelectMany(c => tokenizer.Tokenize(c).Ids).ToArray(), [captions.Count, tokenizer.MaxLength]);
+                var predicted = unet.forward(xt, t.to(ScalarType.Float32), text.forward(ids));
+                var loss = F.mse_loss(predicted, noise);
+                optimizer.zero_grad();
+                loss.backward();
+                nn.utils.clip_grad_norm_(parameters, 1.0);
+                optimizer.step();
+                progress?.Report(new TrainingProgress("UNet + text encoder", step + 1, options.UNetSteps, loss.item<float>(), clock.Elapsed));
+                if ((step + 1) % options.CheckpointEverySteps == 0 || clock.Elapsed > budget)
+                {
+                    Save(state with { Step = step + 1 });
+                    optimizer.save_state_dict(Checkpoint("unet.optimizer"));
+                    if (clock.Elapsed > budget) { log?.Invoke("time budget reached: stopped at a checkpoint; run again to resume."); return; }
+                }
+            }
+        }
+        using (var vaeOut = new AutoencoderKL(scaled))
+        {
+            using (no_grad())
+                foreach (var ((_, dst), (_, src)) in vaeOut.named_parameters().Zip(vae.named_parameters())) dst.copy_(src);
+            ModelFolderWriter.Save(options.OutDir, text, unet, vaeOut, schedulerConfig, ScalarType.Float16);
+        }
+        Save(new State("done", options.UNetSteps, state.ScalingFactor, 0));
+        log?.Invoke($"trained model written to {options.OutDir} ({(elapsedBefore + clock.Elapsed.TotalSeconds) / 60:0.0} min in all)");
+    }
+
+    /// <summary>A deterministic batch: scene i of the stream named <paramref name="stream"/> for this step.</summary>
+    (Tensor Images, List<string> Captions) Batch(Scenes scenes, string stream, int step, int size)
+    {
+        long streamSeed = options.Seed * 31 + stream switch { "vae" => 1, "unet" => 2, _ => 3 };
+        var items = Enumerable.Range(0, size).Select(i => scenes.Generate(streamSeed, (long)step * size + i)).ToList();
+        var images = cat(items.Select(s => s.Image.ToTensor()).ToArray(), 0);
+        return (images, items.Select(s => s.Caption).ToList());
+    }
+}
