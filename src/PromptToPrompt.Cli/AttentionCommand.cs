@@ -46,7 +46,7 @@ static class AttentionCommand
             using var initial = r.GetValue(latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
             long seedValue = r.GetValue(seed) ?? Random.Shared.NextInt64(0, 1L << 32);
 
-            using var sd = modelOptions.Load(r, r.GetValue(model)!);
+            using var sd = modelOptions.Load(r, r.GetValue(model));
             var schedulerChosen = schedulerName ?? Schedulers.Schedulers.DefaultFor(sd.Scheduler);
             options.Validate(Schedulers.Schedulers.Create(schedulerChosen, sd.Scheduler, r.GetValue(steps)).Timesteps.Count);
             using var store = new AttentionStore(1, options.StoreSettings);

@@ -7,10 +7,9 @@ namespace PromptToPrompt.Cli;
 /// <summary>Options shared by the commands and the error handling every command uses.</summary>
 static class CliSupport
 {
-    public static Option<string> Model() => new("--model", "-m")
+    public static Option<string?> Model() => new("--model", "-m")
     {
-        Description = "Diffusers model folder (with model_index.json) or single-file .safetensors checkpoint.",
-        Required = true,
+        Description = "Diffusers model folder (with model_index.json) or single-file .safetensors checkpoint (default: the shipped shapes model).",
     };
     public static Option<int> Steps(int fallback = 50) => new("--steps") { Description = "Denoising steps.", DefaultValueFactory = _ => fallback };
     public static Option<double> Guidance() => new("--guidance") { Description = "Classifier-free guidance scale.", DefaultValueFactory = _ => 7.5 };
@@ -80,8 +79,9 @@ static class CliSupport
         public static ModelOptions Create() => new(CliSupport.Device(), CliSupport.DType(), CliSupport.Tokenizer(), CliSupport.PredictionType(), CliSupport.Config());
         public IEnumerable<Option> All => [Device, DType, Tokenizer, PredictionType, Config];
 
-        public StableDiffusionModel Load(ParseResult r, string path)
+        public StableDiffusionModel Load(ParseResult r, string? path)
         {
+            path ??= DefaultModel();
             var placement = ModelPlacement.Parse(r.GetValue(Device)!, r.GetValue(DType)!);
             Console.Error.WriteLine($"loading {path} ({placement.DType.ToString().ToLowerInvariant()} on {placement.Device})...");
             return StableDiffusionModel.Load(path, placement, Warn, new SingleFileOptions(r.GetValue(Tokenizer), r.GetValue(PredictionType), r.GetValue(Config)));
@@ -89,6 +89,21 @@ static class CliSupport
     }
 
     public static void Warn(string message) => Console.Error.WriteLine(message);
+
+    /// <summary>
+    /// The model shipped with the project (models/shapes in the repository), found beside the executable's source
+    /// tree or through P2P_DEFAULT_MODEL.
+    /// </summary>
+    public static string DefaultModel()
+    {
+        if (Environment.GetEnvironmentVariable("P2P_DEFAULT_MODEL") is { Length: > 0 } env) return env;
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            var candidate = Path.Combine(dir.FullName, "models", "shapes");
+            if (File.Exists(Path.Combine(candidate, "model_index.json"))) return candidate;
+        }
+        throw new UserError("No --model given and the shipped shapes model (models/shapes) was not found. Pass --model DIR|FILE.");
+    }
 
     /// <summary>Reads the tensor <c>latent</c> from a safetensors file.</summary>
     public static TorchSharp.torch.Tensor ReadLatent(string path)

@@ -81,7 +81,6 @@ static class EditCommand
             };
             if (inversionFile is not null || imagePath is not null)
                 s = ForInversion(s, inversionFile, r.GetResult(steps) is not null || r.GetResult(guidance) is not null);
-            if (s.Model is null) throw new UserError("No model: pass --model DIR|FILE or put \"model\" in the spec.");
             if (s.Scheduler is not null && !Schedulers.Schedulers.Names.Contains(s.Scheduler))
                 throw new UserError($"Unknown scheduler '{s.Scheduler}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
 

@@ -43,7 +43,7 @@ static class GenerateCommand
             using var initial = r.GetValue(latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
             long seedValue = r.GetValue(seed) ?? Random.Shared.NextInt64(0, 1L << 32);
 
-            using var sd = modelOptions.Load(r, r.GetValue(model)!);
+            using var sd = modelOptions.Load(r, r.GetValue(model));
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
             var request = new GenerationRequest
             {

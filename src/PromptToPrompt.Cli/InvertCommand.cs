@@ -60,7 +60,7 @@ static class InvertCommand
             foreach (var f in new[] { outPath, recPath }.OfType<string>()) AtomicFile.EnsureWritable(f, r.GetValue(overwrite));
             var settings = new InversionSettings(photo.ParseMethod(r), r.GetValue(steps), r.GetValue(photo.InnerSteps) ?? 10, r.GetValue(guidance));
             settings.Validate();
-            using var sd = modelOptions.Load(r, r.GetValue(model)!);
+            using var sd = modelOptions.Load(r, r.GetValue(model));
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
             using var result = Run(pipeline, r.GetValue(image)!, r.GetValue(prompt)!, settings, photo.ParseFit(r), r.GetValue(width), r.GetValue(height),
                 out var fitted, out var rec);

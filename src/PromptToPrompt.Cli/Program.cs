@@ -9,5 +9,6 @@ var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diff
     InvertCommand.Create(),
     BenchmarkCommand.Create(),
     TrainShapesCommand.Create(),
+    EvalShapesCommand.Create(),
 };
 return root.Parse(args).Invoke();
