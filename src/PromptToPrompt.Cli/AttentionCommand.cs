@@ -13,14 +13,14 @@ static class AttentionCommand
     {
         var model = CliSupport.Model();
         var prompt = new Option<string>("--prompt", "-p") { Description = "Prompt.", Required = true };
-        var negative = new Option<string>("--negative-prompt") { Description = "Negative prompt.", DefaultValueFactory = _ => "" };
+        var negative = CliSupport.NegativePrompt();
         var seed = CliSupport.Seed();
         var steps = CliSupport.Steps();
         var guidance = CliSupport.Guidance();
         var scheduler = CliSupport.Scheduler();
         var width = CliSupport.Width();
         var height = CliSupport.Height();
-        var latent = new Option<string?>("--latent") { Description = "Initial latent x_T: a safetensors file with a tensor 'latent' [1, C, H/8, W/8]." };
+        var latent = CliSupport.Latent();
         var view = ViewOptions.Create();
         var saveMaps = new Option<string?>("--save-maps") { Description = "Write the raw maps as tensors (cross_avg [tokens, R, R], and per step / layer / components when asked)." };
         var overwrite = CliSupport.Overwrite();
@@ -55,7 +55,7 @@ static class AttentionCommand
             var text = r.GetValue(prompt)!;
             var result = pipeline.Generate(new GenerationRequest
             {
-                Prompts = [text], NegativePrompt = r.GetValue(negative)!, Steps = r.GetValue(steps), GuidanceScale = r.GetValue(guidance),
+                Prompts = [text], NegativePrompt = r.GetValue(negative) ?? "", Steps = r.GetValue(steps), GuidanceScale = r.GetValue(guidance),
                 Scheduler = schedulerChosen, Seed = seedValue, InitialLatent = initial, Width = r.GetValue(width), Height = r.GetValue(height),
             }, new ConsoleProgress("denoising"), store, CliSupport.Cancellation);
             result.Latents.Dispose();

@@ -11,6 +11,8 @@ static class CliSupport
     {
         Description = "Diffusers model folder (with model_index.json) or single-file .safetensors checkpoint (default: the shipped shapes model).",
     };
+    public static Option<string?> Latent() => new("--latent") { Description = "Initial latent x_T: a safetensors file with a tensor 'latent' [1, C, H/8, W/8]." };
+    public static Option<string?> NegativePrompt() => new("--negative-prompt") { Description = "Negative prompt (replaces the empty unconditional prompt)." };
     public static Option<int> Steps(int fallback = 50) => new("--steps") { Description = "Denoising steps.", DefaultValueFactory = _ => fallback };
     public static Option<double> Guidance() => new("--guidance") { Description = "Classifier-free guidance scale.", DefaultValueFactory = _ => 7.5 };
     public static Option<long?> Seed() => new("--seed") { Description = "Random seed of the initial noise (random if omitted; always recorded in the PNG)." };

@@ -24,14 +24,14 @@ static class EditCommand
         var threshold = new Option<double?>("--blend-threshold") { Description = "Local blend threshold (default 0.3)." };
         var reweight = new Option<string[]>("--reweight") { Description = "word=value: scale a word's attention in the edited prompt (repeatable; -2..5 is typical)." };
         var variant = new Option<string?>("--variant") { Description = "Reference variant: prompt_to_prompt (default) or null_text." };
-        var negative = new Option<string?>("--negative-prompt") { Description = "Negative prompt (replaces the empty unconditional prompt)." };
+        var negative = CliSupport.NegativePrompt();
         var seed = CliSupport.Seed();
         var steps = new Option<int?>("--steps") { Description = "Denoising steps (default 50)." };
         var guidance = new Option<double?>("--guidance") { Description = "Classifier-free guidance scale (default 7.5)." };
         var scheduler = CliSupport.Scheduler();
         var width = CliSupport.Width();
         var height = CliSupport.Height();
-        var latent = new Option<string?>("--latent") { Description = "Initial latent x_T: a safetensors file with a tensor 'latent' [1, C, H/8, W/8]." };
+        var latent = CliSupport.Latent();
         var modelOptions = CliSupport.ModelOptions.Create();
         var saveLatents = new Option<string?>("--save-latents") { Description = "Write the final latents of the batch (source first) as tensor 'latents' [N, C, H/8, W/8]." };
         var overwrite = CliSupport.Overwrite();

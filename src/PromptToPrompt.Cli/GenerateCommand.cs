@@ -12,14 +12,14 @@ static class GenerateCommand
     {
         var model = CliSupport.Model();
         var prompt = new Option<string[]>("--prompt", "-p") { Description = "Prompt (repeat for a batch).", Required = true };
-        var negative = new Option<string>("--negative-prompt") { Description = "Negative prompt (replaces the empty unconditional prompt).", DefaultValueFactory = _ => "" };
+        var negative = CliSupport.NegativePrompt();
         var seed = CliSupport.Seed();
         var steps = CliSupport.Steps();
         var guidance = CliSupport.Guidance();
         var scheduler = CliSupport.Scheduler();
         var width = CliSupport.Width();
         var height = CliSupport.Height();
-        var latent = new Option<string?>("--latent") { Description = "Initial latent x_T: a safetensors file with a tensor 'latent' [1, C, H/8, W/8]." };
+        var latent = CliSupport.Latent();
         var saveLatents = new Option<string?>("--save-latents") { Description = "Write the final latents (before VAE decoding) as tensor 'latents' [N, C, H/8, W/8]." };
         var modelOptions = CliSupport.ModelOptions.Create();
         var overwrite = CliSupport.Overwrite();
@@ -47,7 +47,7 @@ static class GenerateCommand
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
             var request = new GenerationRequest
             {
-                Prompts = prompts, NegativePrompt = r.GetValue(negative)!, Steps = r.GetValue(steps), GuidanceScale = r.GetValue(guidance),
+                Prompts = prompts, NegativePrompt = r.GetValue(negative) ?? "", Steps = r.GetValue(steps), GuidanceScale = r.GetValue(guidance),
                 Scheduler = schedulerName, Seed = seedValue, InitialLatent = initial, Width = r.GetValue(width), Height = r.GetValue(height),
             };
             if (initial is null) Console.Error.WriteLine($"seed {seedValue}");

@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using PromptToPrompt.Control;
@@ -251,7 +250,7 @@ public sealed record EditSpec
             threshold = pair[0]!.GetValue<double>();
             subtractThreshold = pair[1]!.GetValue<double>();
         }
-        else if (o["threshold"] is { } t) threshold = Get<double?>(o, "threshold", where + ": local_blend") ?? 0.3;
+        else if (o["threshold"] is not null) threshold = Get<double?>(o, "threshold", where + ": local_blend") ?? 0.3;
         if (variant == ReferenceVariant.PromptToPrompt && (o["start_blend"] is not null || o["substruct_words"] is not null || o["threshold"] is JsonArray))
             throw new UserError($"{where}: start_blend, substruct_words and a threshold pair belong to the null-text variant; add \"variant\": \"null_text\".");
         return new LocalBlendOptions(words, threshold, Get<double?>(o, "start_blend", where) ?? 0.2,
