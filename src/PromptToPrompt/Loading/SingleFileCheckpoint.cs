@@ -291,8 +291,10 @@ public static class SingleFileCheckpoint
         if (rest is "attn.in_proj_weight" or "attn.in_proj_bias")
         {
             var kind = rest.EndsWith("weight") ? "weight" : "bias";
-            return new[] { "q_proj", "k_proj", "v_proj" }.Select((name, i) =>
-                ($"{prefix}self_attn.{name}.{kind}", (Func<Tensor, Tensor>?)(t => t.narrow(0, i * d, d).clone()))).ToList<(string, Func<Tensor, Tensor>?)>();
+            var split = new List<(string, Func<Tensor, Tensor>?)>();
+            foreach (var (name, i) in new[] { "q_proj", "k_proj", "v_proj" }.Select((n, i) => (n, i)))
+                split.Add(($"{prefix}self_attn.{name}.{kind}", t => t.narrow(0, i * d, d).clone()));
+            return split;
         }
         foreach (var (from, to) in new[] { ("ln_1.", "layer_norm1."), ("ln_2.", "layer_norm2."), ("mlp.c_fc.", "mlp.fc1."),
                                            ("mlp.c_proj.", "mlp.fc2."), ("attn.out_proj.", "self_attn.out_proj.") })
