@@ -16,7 +16,7 @@ namespace PromptToPrompt.Training;
 /// </summary>
 public sealed record ShapesTrainingOptions(
     string OutDir, long Seed = 0, int VaeSteps = 1500, int UNetSteps = 6000, int VaeBatch = 16, int UNetBatch = 32,
-    double? Minutes = null, double CaptionDropout = 0.1, int CheckpointEverySteps = 500);
+    double? Minutes = null, double CaptionDropout = 0.1, int CheckpointEverySteps = 500, int ScaleSamples = 256);
 
 /// <summary>Progress of training: phase, step, loss.</summary>
 public readonly record struct TrainingProgress(string Phase, int Step, int Total, double Loss, TimeSpan Elapsed);
@@ -115,7 +115,7 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
             using (no_grad())
             using (var scope = NewDisposeScope())
             {
-                var (mean, _) = vae.Encode(Batch(scenes, "scale", 0, 256).Images);
+                var (mean, _) = vae.Encode(Batch(scenes, "scale", 0, options.ScaleSamples).Images);
                 state = new State("unet", 0, 1.0 / mean.std().item<float>(), 0);
             }
             Save(state);

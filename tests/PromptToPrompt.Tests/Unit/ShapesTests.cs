@@ -63,3 +63,30 @@ public class ScenesTests
         Assert.Equal(1.0, ShapesEvaluation.IoU(mask, scene.Objects[0].Mask), 3);
     }
 }
+
+public class ShapesTrainerTests
+{
+    static ShapesTrainingOptions Tiny(string dir, double? minutes = null) =>
+        new(dir, Seed: 3, VaeSteps: 3, UNetSteps: 3, VaeBatch: 2, UNetBatch: 2, Minutes: minutes, CheckpointEverySteps: 1, ScaleSamples: 8);
+
+    [Fact]
+    public void Training_resumes_to_the_same_result_and_saves_a_loadable_diffusers_folder()
+    {
+        using var straight = new TempDir();
+        new ShapesTrainer(Tiny(straight.Path)).Run();
+        using var resumed = new TempDir();
+        var logs = new List<string>();
+        new ShapesTrainer(Tiny(resumed.Path, minutes: 0), logs.Add).Run();   // stops after the first step
+        Assert.Contains(logs, l => l.Contains("run again to resume"));
+        Assert.False(File.Exists(Path.Combine(resumed.Path, "model_index.json")));
+        new ShapesTrainer(Tiny(resumed.Path), logs.Add).Run();                // resumes in the VAE phase and finishes
+        Assert.Contains(logs, l => l.StartsWith("resuming"));
+
+        using var a = PromptToPrompt.Loading.StableDiffusionModel.Load(straight.Path, PromptToPrompt.Loading.ModelPlacement.Cpu);
+        using var b = PromptToPrompt.Loading.StableDiffusionModel.Load(resumed.Path, PromptToPrompt.Loading.ModelPlacement.Cpu);
+        Assert.Equal(a.Fingerprint, b.Fingerprint);
+        Assert.Equal(32, a.Tokenizer.MaxLength);
+        Assert.Equal(64, a.DefaultImageSize);
+        Assert.NotEqual(1.0, a.Vae.Config.ScalingFactor);
+    }
+}
