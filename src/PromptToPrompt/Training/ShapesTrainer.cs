@@ -72,6 +72,15 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
         var budget = options.Minutes is double m ? TimeSpan.FromMinutes(m) : TimeSpan.MaxValue;
         double elapsedBefore = state.ElapsedSeconds;
 
+        // The diffusers folder (fp16) of the current weights: usable by every p2p command while training goes on.
+        void Export(VaeConfig scaledConfig)
+        {
+            using var vaeOut = new AutoencoderKL(scaledConfig);
+            using (no_grad())
+                foreach (var ((_, dst), (_, src)) in vaeOut.named_parameters().Zip(vae.named_parameters())) dst.copy_(src);
+            ModelFolderWriter.Save(options.OutDir, text, unet, vaeOut, schedulerConfig, ScalarType.Float16);
+        }
+
         void Save(State s)
         {
             Directory.CreateDirectory(Checkpoint(""));
@@ -159,16 +168,12 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
                 {
                     Save(state with { Step = step + 1 });
                     optimizer.save_state_dict(Checkpoint("unet.optimizer"));
+                    Export(scaled);
                     if (clock.Elapsed > budget) { log?.Invoke("time budget reached: stopped at a checkpoint; run again to resume."); return; }
                 }
             }
         }
-        using (var vaeOut = new AutoencoderKL(scaled))
-        {
-            using (no_grad())
-                foreach (var ((_, dst), (_, src)) in vaeOut.named_parameters().Zip(vae.named_parameters())) dst.copy_(src);
-            ModelFolderWriter.Save(options.OutDir, text, unet, vaeOut, schedulerConfig, ScalarType.Float16);
-        }
+        Export(scaled);
         Save(new State("done", options.UNetSteps, state.ScalingFactor, 0));
         log?.Invoke($"trained model written to {options.OutDir} ({(elapsedBefore + clock.Elapsed.TotalSeconds) / 60:0.0} min in all)");
     }
