@@ -60,11 +60,14 @@ public static class Grid
 {
     /// <summary>
     /// Places the images in rows of <paramref name="columns"/> (default: all in one row) on a white background, each
-    /// with its caption wrapped under it.
+    /// with its caption wrapped under it. Images narrower than <paramref name="minCellWidth"/> are enlarged by a whole
+    /// factor so that captions stay readable.
     /// </summary>
-    public static RgbImage WithCaptions(IReadOnlyList<RgbImage> images, IReadOnlyList<string> captions, int? columns = null, int gap = 8)
+    public static RgbImage WithCaptions(IReadOnlyList<RgbImage> images, IReadOnlyList<string> captions, int? columns = null, int gap = 8, int minCellWidth = 192)
     {
         if (images.Count == 0) throw new ArgumentException("no images");
+        int factor = Math.Max(1, (int)Math.Ceiling((double)minCellWidth / images.Max(i => i.Width)));
+        if (factor > 1) images = images.Select(i => i.Resize(i.Width * factor, i.Height * factor)).ToList();
         int cols = Math.Max(1, Math.Min(columns ?? images.Count, images.Count));
         int rows = (images.Count + cols - 1) / cols;
         int cellW = images.Max(i => i.Width), imgH = images.Max(i => i.Height);

@@ -66,7 +66,7 @@ public static class AttentionReport
             using var map = maps[.., .., i];
             return back is null ? HeatMap.Render(map, cellSize, cellSize) : HeatMap.Overlay(back, map);
         }).ToList();
-        return Grid.WithCaptions(cells, labels, columns: Math.Min(labels.Count, 8));
+        return Grid.WithCaptions(cells, labels, columns: Math.Min(labels.Count, 8), minCellWidth: 0);
     }
 
     /// <summary>The images of the views for prompt <paramref name="select"/>, by file name.</summary>
@@ -92,7 +92,7 @@ public static class AttentionReport
             {
                 var s = values.data<float>().ToArray();
                 var cells = Enumerable.Range(0, (int)components.shape[0]).Select(i => HeatMap.Grey(components[i], o.CellSize, o.CellSize)).ToList();
-                images[$"{prefix}self_components.png"] = Grid.WithCaptions(cells, s.Select((v, i) => $"component {i} (s={v:G3})").ToList(), columns: Math.Min(cells.Count, 5));
+                images[$"{prefix}self_components.png"] = Grid.WithCaptions(cells, s.Select((v, i) => $"component {i} (s={v:G3})").ToList(), columns: Math.Min(cells.Count, 5), minCellWidth: 0);
             }
         }
         return images;
