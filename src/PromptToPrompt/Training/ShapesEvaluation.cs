@@ -28,7 +28,7 @@ public sealed record ShapesReport(int Samples, double ColourAccuracy, double Swa
 /// a colour swap, and the background kept by local blending. Objects are found as the pixels whose colour is far from
 /// the caption's background colour; an object's colour is the palette colour nearest to their mean.
 /// </summary>
-public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps = 20, double guidance = 7.5)
+public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps = 20, double guidance = 7.5, double crossReplace = 0.8, double selfReplace = 0.4)
 {
     const double ObjectDistance = 80;
 
@@ -58,7 +58,7 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
             var shape = Pick(shapes);
             string[] prompts = [$"a large {from} {shape} on a {bg} background", $"a large {to} {shape} on a {bg} background"];
             var tokenizer = pipeline.Model.Tokenizer;
-            var schedule = new EditSchedule(0.8, StepWindow.Until(0.4));
+            var schedule = new EditSchedule(crossReplace, StepWindow.Until(selfReplace));
             var injected = Generate(prompts, 1000 + seed + i, new AttentionReplace(tokenizer, prompts, steps, schedule));
             var plain = Generate(prompts, 1000 + seed + i, new AttentionReplace(tokenizer, prompts, steps, new EditSchedule(0.0, StepWindow.Until(0))));
             var blended = Generate(prompts, 1000 + seed + i, new AttentionReplace(tokenizer, prompts, steps, schedule,
