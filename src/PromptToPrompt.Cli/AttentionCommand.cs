@@ -13,14 +13,7 @@ static class AttentionCommand
     {
         var model = CliSupport.Model();
         var prompt = new Option<string>("--prompt", "-p") { Description = "Prompt.", Required = true };
-        var negative = CliSupport.NegativePrompt();
-        var seed = CliSupport.Seed();
-        var steps = CliSupport.Steps();
-        var guidance = CliSupport.Guidance();
-        var scheduler = CliSupport.Scheduler();
-        var width = CliSupport.Width();
-        var height = CliSupport.Height();
-        var latent = CliSupport.Latent();
+        var sampling = CliSupport.SamplingOptions.Create();
         var view = ViewOptions.Create();
         var saveMaps = new Option<string?>("--save-maps") { Description = "Write the raw maps as tensors (cross_avg [tokens, R, R], and per step / layer / components when asked)." };
         var overwrite = CliSupport.Overwrite();
@@ -29,9 +22,9 @@ static class AttentionCommand
 
         var command = new Command("attention", "Generate an image and show where each token attends (cross-attention maps).")
         {
-            model, prompt, negative, seed, steps, guidance, scheduler, width, height, latent, saveMaps, overwrite, output,
+            model, prompt, saveMaps, overwrite, output,
         };
-        foreach (var o in view.All.Concat(modelOptions.All)) command.Options.Add(o);
+        foreach (var o in sampling.All.Concat(view.All).Concat(modelOptions.All)) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             var options = view.Parse(r);
@@ -42,22 +35,15 @@ static class AttentionCommand
             foreach (var f in fixedFiles.Select(f => Path.Combine(outDir, f)).Append(saveMapsPath).OfType<string>()) AtomicFile.EnsureWritable(f, replace);
             if (options.PerLayer && !replace && Directory.Exists(outDir) && Directory.EnumerateFiles(outDir, "layer_*.png").Any())
                 throw new UserError($"{outDir} already holds layer_*.png maps. Choose another folder or pass --overwrite.");
-            var schedulerName = r.GetValue(scheduler);
-            using var initial = r.GetValue(latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
-            long seedValue = r.GetValue(seed) ?? Random.Shared.NextInt64(0, 1L << 32);
-
+            var (initial, seedValue) = sampling.Prepare(r);
+            using var _ = initial;
             using var sd = modelOptions.Load(r, r.GetValue(model));
-            var schedulerChosen = schedulerName ?? Schedulers.Schedulers.DefaultFor(sd.Scheduler);
-            options.Validate(Schedulers.Schedulers.Create(schedulerChosen, sd.Scheduler, r.GetValue(steps)).Timesteps.Count);
+            var text = r.GetValue(prompt)!;
+            var request = sampling.Request(r, [text], initial, seedValue);
+            options.Validate(Schedulers.Schedulers.Create(request.Scheduler ?? Schedulers.Schedulers.DefaultFor(sd.Scheduler), sd.Scheduler, request.Steps).Timesteps.Count);
             using var store = new AttentionStore(1, options.StoreSettings);
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
-            if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
-            var text = r.GetValue(prompt)!;
-            var result = pipeline.Generate(new GenerationRequest
-            {
-                Prompts = [text], NegativePrompt = r.GetValue(negative) ?? "", Steps = r.GetValue(steps), GuidanceScale = r.GetValue(guidance),
-                Scheduler = schedulerChosen, Seed = seedValue, InitialLatent = initial, Width = r.GetValue(width), Height = r.GetValue(height),
-            }, new ConsoleProgress("denoising"), store, CliSupport.Cancellation);
+            var result = pipeline.Generate(request, new ConsoleProgress("denoising"), store, CliSupport.Cancellation);
             result.Latents.Dispose();
             var metadata = new Dictionary<string, string>(result.Parameters);
             var written = new List<string>();

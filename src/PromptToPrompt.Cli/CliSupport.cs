@@ -75,6 +75,33 @@ static class CliSupport
         }
     }
 
+    /// <summary>The sampling options of the commands that generate from prompts (generate, attention).</summary>
+    public sealed record SamplingOptions(Option<string?> Negative, Option<long?> Seed, Option<int> Steps, Option<double> Guidance,
+                                         Option<string?> Scheduler, Option<int?> Width, Option<int?> Height, Option<string?> Latent)
+    {
+        public static SamplingOptions Create() => new(NegativePrompt(), CliSupport.Seed(), CliSupport.Steps(), CliSupport.Guidance(),
+            CliSupport.Scheduler(), CliSupport.Width(), CliSupport.Height(), CliSupport.Latent());
+
+        public IEnumerable<Option> All => [Negative, Seed, Steps, Guidance, Scheduler, Width, Height, Latent];
+
+        /// <summary>Checks the scheduler name and reads the initial latent (before any model is loaded); picks a seed if none was given.</summary>
+        public (TorchSharp.torch.Tensor? Initial, long Seed) Prepare(ParseResult r)
+        {
+            if (r.GetValue(Scheduler) is { } name && !Schedulers.Schedulers.Names.Contains(name))
+                throw new UserError($"Unknown scheduler '{name}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
+            var initial = r.GetValue(Latent) is { } path ? ReadLatent(path) : null;
+            long seed = r.GetValue(Seed) ?? Random.Shared.NextInt64(0, 1L << 32);
+            if (initial is null) Console.Error.WriteLine($"seed {seed}");
+            return (initial, seed);
+        }
+
+        public GenerationRequest Request(ParseResult r, IReadOnlyList<string> prompts, TorchSharp.torch.Tensor? initial, long seed) => new()
+        {
+            Prompts = prompts, NegativePrompt = r.GetValue(Negative) ?? "", Steps = r.GetValue(Steps), GuidanceScale = r.GetValue(Guidance),
+            Scheduler = r.GetValue(Scheduler), Seed = seed, InitialLatent = initial, Width = r.GetValue(Width), Height = r.GetValue(Height),
+        };
+    }
+
     /// <summary>The options every model-loading command takes.</summary>
     public sealed record ModelOptions(Option<string> Device, Option<string> DType, Option<string?> Tokenizer, Option<string?> PredictionType, Option<string?> Config)
     {

@@ -12,14 +12,7 @@ static class GenerateCommand
     {
         var model = CliSupport.Model();
         var prompt = new Option<string[]>("--prompt", "-p") { Description = "Prompt (repeat for a batch).", Required = true };
-        var negative = CliSupport.NegativePrompt();
-        var seed = CliSupport.Seed();
-        var steps = CliSupport.Steps();
-        var guidance = CliSupport.Guidance();
-        var scheduler = CliSupport.Scheduler();
-        var width = CliSupport.Width();
-        var height = CliSupport.Height();
-        var latent = CliSupport.Latent();
+        var sampling = CliSupport.SamplingOptions.Create();
         var saveLatents = new Option<string?>("--save-latents") { Description = "Write the final latents (before VAE decoding) as tensor 'latents' [N, C, H/8, W/8]." };
         var modelOptions = CliSupport.ModelOptions.Create();
         var overwrite = CliSupport.Overwrite();
@@ -27,9 +20,9 @@ static class GenerateCommand
 
         var command = new Command("generate", "Generate images from text.")
         {
-            model, prompt, negative, seed, steps, guidance, scheduler, width, height, latent, saveLatents, overwrite, output,
+            model, prompt, saveLatents, overwrite, output,
         };
-        foreach (var o in modelOptions.All) command.Options.Add(o);
+        foreach (var o in sampling.All.Concat(modelOptions.All)) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             var prompts = r.GetValue(prompt)!;
@@ -37,21 +30,11 @@ static class GenerateCommand
             var latentsPath = r.GetValue(saveLatents);
             bool replace = r.GetValue(overwrite);
             foreach (var p in outPaths.Append(latentsPath).OfType<string>()) AtomicFile.EnsureWritable(p, replace);
-            var schedulerName = r.GetValue(scheduler);
-            if (schedulerName is not null && !Schedulers.Schedulers.Names.Contains(schedulerName))
-                throw new UserError($"Unknown scheduler '{schedulerName}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
-            using var initial = r.GetValue(latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
-            long seedValue = r.GetValue(seed) ?? Random.Shared.NextInt64(0, 1L << 32);
-
+            var (initial, seedValue) = sampling.Prepare(r);
+            using var _ = initial;
             using var sd = modelOptions.Load(r, r.GetValue(model));
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
-            var request = new GenerationRequest
-            {
-                Prompts = prompts, NegativePrompt = r.GetValue(negative) ?? "", Steps = r.GetValue(steps), GuidanceScale = r.GetValue(guidance),
-                Scheduler = schedulerName, Seed = seedValue, InitialLatent = initial, Width = r.GetValue(width), Height = r.GetValue(height),
-            };
-            if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
-            var result = pipeline.Generate(request, new ConsoleProgress("denoising"), null, CliSupport.Cancellation);
+            var result = pipeline.Generate(sampling.Request(r, prompts, initial, seedValue), new ConsoleProgress("denoising"), null, CliSupport.Cancellation);
             using (result.Latents)
             {
                 for (int i = 0; i < prompts.Length; i++)
