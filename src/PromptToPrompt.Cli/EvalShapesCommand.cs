@@ -1,4 +1,5 @@
 using System.CommandLine;
+using PromptToPrompt.Imaging;
 using PromptToPrompt.Pipelines;
 using PromptToPrompt.Training;
 
@@ -16,18 +17,26 @@ static class EvalShapesCommand
         var guidance = CliSupport.Guidance();
         var cross = new Option<double>("--cross-replace") { Description = "cross_replace_steps of the word swaps.", DefaultValueFactory = _ => 0.8 };
         var self = new Option<double>("--self-replace") { Description = "self_replace_steps of the word swaps.", DefaultValueFactory = _ => 0.4 };
+        var blend = new Option<double>("--blend-threshold") { Description = "Local-blend mask threshold of the blended edits.", DefaultValueFactory = _ => 0.3 };
+        var show = new Option<string?>("--save-edits") { Description = "Folder to write one captioned grid per word-swap sample (source, edit, plain regeneration, edit with local blend)." };
         var modelOptions = CliSupport.ModelOptions.Create();
         var command = new Command("eval-shapes", "Measure the shapes model: colour accuracy, word-swap mask IoU with and without injection, local blend.")
         {
-            model, samples, seed, steps, guidance, cross, self,
+            model, samples, seed, steps, guidance, cross, self, blend, show,
         };
         foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             using var sd = modelOptions.Load(r, r.GetValue(model));
             var evaluation = new ShapesEvaluation(new StableDiffusionPipeline(sd, CliSupport.Warn), r.GetValue(steps), r.GetValue(guidance),
-                r.GetValue(cross), r.GetValue(self));
-            var report = evaluation.Run(r.GetValue(samples), r.GetValue(seed), new Progress<string>(s => Console.Error.Write($"\r{s}   ")));
+                r.GetValue(cross), r.GetValue(self), r.GetValue(blend));
+            var folder = r.GetValue(show);
+            if (folder != null) Directory.CreateDirectory(folder);
+            Action<int, string[], RgbImage[]>? save = folder == null ? null : (i, prompts, images) =>
+                Png.Save(Path.Combine(folder, $"edit_{i:D3}.png"), Grid.WithCaptions(images,
+                    [prompts[0], $"{prompts[1]} (injected)", "plain regeneration", "injected, local blend"], images.Length),
+                    new Dictionary<string, string> { ["prompts"] = string.Join(" | ", prompts) });
+            var report = evaluation.Run(r.GetValue(samples), r.GetValue(seed), new Progress<string>(s => Console.Error.Write($"\r{s}   ")), save);
             Console.Error.WriteLine();
             Console.WriteLine(report.ToTable());
             return 0;

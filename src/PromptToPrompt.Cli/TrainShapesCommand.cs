@@ -14,29 +14,41 @@ static class TrainShapesCommand
         var seed = new Option<long>("--seed") { Description = "Seed of the data stream and the initialisation.", DefaultValueFactory = _ => 0 };
         var vaeSteps = new Option<int>("--vae-steps") { Description = "VAE training steps.", DefaultValueFactory = _ => new ShapesTrainingOptions("").VaeSteps };
         var unetSteps = new Option<int>("--unet-steps") { Description = "UNet + text encoder training steps.", DefaultValueFactory = _ => new ShapesTrainingOptions("").UNetSteps };
+        var attentionLoss = new Option<double>("--attention-loss")
+        {
+            Description = "Weight of the loss binding each caption word's cross-attention to its object (0: plain diffusion training).",
+            DefaultValueFactory = _ => new ShapesTrainingOptions("").AttentionLossWeight,
+        };
         var command = new Command("train-shapes", "Train a small text-to-image model on generated shape scenes (saved as a diffusers folder).")
         {
-            output, minutes, seed, vaeSteps, unetSteps,
+            output, minutes, seed, vaeSteps, unetSteps, attentionLoss,
         };
         command.SetAction(r => CliSupport.Run(() =>
         {
-            var options = new ShapesTrainingOptions(r.GetValue(output)!, r.GetValue(seed), r.GetValue(vaeSteps), r.GetValue(unetSteps), Minutes: r.GetValue(minutes));
+            var options = new ShapesTrainingOptions(r.GetValue(output)!, r.GetValue(seed), r.GetValue(vaeSteps), r.GetValue(unetSteps), Minutes: r.GetValue(minutes),
+                AttentionLossWeight: r.GetValue(attentionLoss));
             new ShapesTrainer(options, CliSupport.Warn).Run(new TrainingProgressLine(), CliSupport.Cancellation);
             return 0;
         }));
         return command;
     }
 
+    /// <summary>One line every two seconds: phase, step, loss, elapsed time and the phase's remaining time.</summary>
     sealed class TrainingProgressLine : IProgress<TrainingProgress>
     {
         readonly Stopwatch _last = Stopwatch.StartNew();
+        (string Phase, int Step, TimeSpan Elapsed) _phaseStart;
 
         public void Report(TrainingProgress p)
         {
+            if (p.Phase != _phaseStart.Phase) _phaseStart = (p.Phase, p.Step, p.Elapsed);
             if (_last.Elapsed.TotalSeconds < 2 && p.Step != p.Total) return;
             _last.Restart();
-            double rate = p.Elapsed.TotalSeconds > 0 ? p.Step / p.Elapsed.TotalSeconds : 0;
-            Console.Error.WriteLine($"{p.Phase}: step {p.Step}/{p.Total}  loss {p.Loss:0.0000}  elapsed {p.Elapsed:h\\:mm\\:ss}");
+            double seconds = (p.Elapsed - _phaseStart.Elapsed).TotalSeconds;
+            var eta = p.Step > _phaseStart.Step && seconds > 0
+                ? $"  ETA {TimeSpan.FromSeconds((p.Total - p.Step) * seconds / (p.Step - _phaseStart.Step)):h\\:mm\\:ss}"
+                : "";
+            Console.Error.WriteLine($"{p.Phase}: step {p.Step}/{p.Total}  loss {p.Loss:0.0000}{(p.AttentionLoss is double a ? $" (attention {a:0.000})" : "")}  elapsed {p.Elapsed:h\\:mm\\:ss}{eta}");
         }
     }
 }

@@ -8,31 +8,36 @@ namespace PromptToPrompt.Training;
 /// <param name="ColourAccuracy">Share of single-object captions whose generated object has the caption's colour.</param>
 /// <param name="SwapIoUWithInjection">Mean IoU of the object mask between source and word-swap edit, with Prompt-to-Prompt.</param>
 /// <param name="SwapIoUWithoutInjection">The same for a plain regeneration of the edited prompt from the same noise.</param>
+/// <param name="SwapIoUWithBlend">The same for the Prompt-to-Prompt edit with local blending on the shape word.</param>
 /// <param name="SwapNewColourWithInjection">Share of word-swap edits whose object takes the new colour (with injection).</param>
 /// <param name="SwapNewColourWithoutInjection">The same without injection.</param>
-/// <param name="OutsideChangeWithBlend">Mean absolute pixel change (0..255) outside the source object, edit with local blend.</param>
+/// <param name="OutsideChangeWithBlend">Mean absolute pixel change (0..255) away from the source and edited objects, edit with local blend.</param>
 /// <param name="OutsideChangeWithoutBlend">The same for the edit without local blend.</param>
 public sealed record ShapesReport(int Samples, double ColourAccuracy, double SwapIoUWithInjection, double SwapIoUWithoutInjection,
-    double SwapNewColourWithInjection, double SwapNewColourWithoutInjection, double OutsideChangeWithBlend, double OutsideChangeWithoutBlend)
+    double SwapIoUWithBlend, double SwapNewColourWithInjection, double SwapNewColourWithoutInjection, double OutsideChangeWithBlend, double OutsideChangeWithoutBlend)
 {
     public string ToTable() => string.Join("\n",
         $"samples per measure                          {Samples}",
         $"colour accuracy, single objects              {ColourAccuracy:P0}",
-        $"word swap: object IoU     with injection     {SwapIoUWithInjection:0.000}   without (plain regeneration) {SwapIoUWithoutInjection:0.000}",
+        $"word swap: object IoU     with injection     {SwapIoUWithInjection:0.000}   without (plain regeneration) {SwapIoUWithoutInjection:0.000}   with injection and local blend {SwapIoUWithBlend:0.000}",
         $"word swap: new colour     with injection     {SwapNewColourWithInjection:P0}   without {SwapNewColourWithoutInjection:P0}",
-        $"local blend: mean change outside the object  with blend {OutsideChangeWithBlend:0.0}   without {OutsideChangeWithoutBlend:0.0}  (0..255)");
+        $"local blend: mean change away from the object  with blend {OutsideChangeWithBlend:0.0}   without {OutsideChangeWithoutBlend:0.0}  (0..255)");
 }
 
 /// <summary>
 /// Measures what the paper claims on the shapes model: colour fidelity, layout kept by attention injection during
-/// a colour swap, and the background kept by local blending. Objects are found as the pixels whose colour is far from
-/// the caption's background colour; an object's colour is the palette colour nearest to their mean.
+/// a colour swap, and the background kept by local blending. For colour accuracy, the object is the pixels whose
+/// colour is far from the caption's background colour, and its colour the palette colour nearest to their mean; for
+/// the mask IoU, an object is the pixels past the half-contrast edge between the background and the caption's colour.
 /// </summary>
-public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps = 20, double guidance = 7.5, double crossReplace = 0.8, double selfReplace = 0.4)
+public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps = 20, double guidance = 7.5, double crossReplace = 0.8, double selfReplace = 0.4,
+    double blendThreshold = 0.3)
 {
     const double ObjectDistance = 80;
 
-    public ShapesReport Run(int samples, long seed, IProgress<string>? progress = null)
+    /// <param name="showEdit">Receives each word-swap sample: its prompts and the images source, injected edit, plain
+    /// regeneration, edit with local blend (for inspecting what the figures measure).</param>
+    public ShapesReport Run(int samples, long seed, IProgress<string>? progress = null, Action<int, string[], RgbImage[]>? showEdit = null)
     {
         var rng = new Random(Scenes.StableSeed(seed, 99));
         var colours = Scenes.Colours.Keys.ToArray();
@@ -49,7 +54,7 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
             progress?.Report($"colour {i + 1}/{samples}");
         }
 
-        double iouWith = 0, iouWithout = 0, newWith = 0, newWithout = 0, outsideBlend = 0, outsideNoBlend = 0;
+        double iouWith = 0, iouWithout = 0, iouBlend = 0, newWith = 0, newWithout = 0, outsideBlend = 0, outsideNoBlend = 0;
         for (int i = 0; i < samples; i++)
         {
             var bg = Pick(["white", "black", "gray"]);
@@ -62,18 +67,22 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
             var injected = Generate(prompts, 1000 + seed + i, new AttentionReplace(tokenizer, prompts, steps, schedule));
             var plain = Generate(prompts, 1000 + seed + i, new AttentionReplace(tokenizer, prompts, steps, new EditSchedule(0.0, StepWindow.Until(0))));
             var blended = Generate(prompts, 1000 + seed + i, new AttentionReplace(tokenizer, prompts, steps, schedule,
-                new LocalBlend(tokenizer, prompts, new LocalBlendOptions([[shape], [shape]]), steps)));
-            var source = Mask(injected[0], bg);
-            iouWith += IoU(source, Mask(injected[1], bg));
-            iouWithout += IoU(Mask(plain[0], bg), Mask(plain[1], bg));
+                new LocalBlend(tokenizer, prompts, new LocalBlendOptions([[shape], [shape]], blendThreshold), steps)))[1];
+            var source = ObjectMask(injected[0], bg, from);
+            var edit = ObjectMask(injected[1], bg, to);
+            var blendedEdit = ObjectMask(blended, bg, to);
+            iouWith += IoU(source, edit);
+            iouWithout += IoU(ObjectMask(plain[0], bg, from), ObjectMask(plain[1], bg, to));
+            iouBlend += IoU(source, blendedEdit);
             if (ObjectColour(injected[1], bg) == to) newWith++;
             if (ObjectColour(plain[1], bg) == to) newWithout++;
-            outsideBlend += OutsideChange(blended[0], blended[1], Mask(blended[0], bg));
-            outsideNoBlend += OutsideChange(injected[0], injected[1], source);
+            outsideBlend += OutsideChange(injected[0], blended, source, blendedEdit);
+            outsideNoBlend += OutsideChange(injected[0], injected[1], source, edit);
+            showEdit?.Invoke(i, prompts, [injected[0], injected[1], plain[1], blended]);
             progress?.Report($"edits {i + 1}/{samples}");
         }
-        return new ShapesReport(samples, (double)correct / samples, iouWith / samples, iouWithout / samples, newWith / samples, newWithout / samples,
-            outsideBlend / samples, outsideNoBlend / samples);
+        return new ShapesReport(samples, (double)correct / samples, iouWith / samples, iouWithout / samples, iouBlend / samples,
+            newWith / samples, newWithout / samples, outsideBlend / samples, outsideNoBlend / samples);
     }
 
     RgbImage[] Generate(string[] prompts, long seed, AttentionController? controller)
@@ -92,7 +101,7 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
         "white" => (245, 245, 245), "black" => (20, 20, 20), "gray" => (128, 128, 128), "yellow" => (235, 220, 50), _ => (40, 70, 220),
     };
 
-    /// <summary>Pixels whose colour is far from the background colour.</summary>
+    /// <summary>Pixels whose colour is far from the background colour (any object, whatever its colour).</summary>
     public static bool[] Mask(RgbImage image, string background)
     {
         var (br, bg, bb) = Background(background);
@@ -101,6 +110,25 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
         {
             double dr = image.Pixels[3 * i] - br, dg = image.Pixels[3 * i + 1] - bg, db = image.Pixels[3 * i + 2] - bb;
             mask[i] = Math.Sqrt(dr * dr + dg * dg + db * db) > ObjectDistance;
+        }
+        return mask;
+    }
+
+    /// <summary>
+    /// Pixels nearer to the object colour than to the background along the line between them (the half-contrast
+    /// edge): the mask of a shape, independent of how strongly its colour contrasts with the background, so a
+    /// black star and the same star in blue give the same mask however soft the decoder draws the edge.
+    /// </summary>
+    public static bool[] ObjectMask(RgbImage image, string background, string colour)
+    {
+        var (br, bg, bb) = Background(background);
+        var (or, og, ob) = Scenes.Colours[colour];
+        double vr = or - br, vg = og - bg, vb = ob - bb, norm = vr * vr + vg * vg + vb * vb;
+        var mask = new bool[image.Width * image.Height];
+        for (int i = 0; i < mask.Length; i++)
+        {
+            double t = ((image.Pixels[3 * i] - br) * vr + (image.Pixels[3 * i + 1] - bg) * vg + (image.Pixels[3 * i + 2] - bb) * vb) / norm;
+            mask[i] = t > 0.5;
         }
         return mask;
     }
@@ -125,16 +153,34 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
         return union == 0 ? 1 : (double)inter / union;
     }
 
-    static double OutsideChange(RgbImage a, RgbImage b, bool[] objectMask)
+    /// <summary>Mean absolute pixel change (0..255) away from both objects: pixels more than
+    /// <see cref="EdgeMargin"/> pixels from either mask, so the colour bleeding of a changed edge is not counted.</summary>
+    static double OutsideChange(RgbImage a, RgbImage b, bool[] maskA, bool[] maskB)
     {
+        int w = a.Width, h = a.Height;
         double sum = 0;
         int n = 0;
-        for (int i = 0; i < objectMask.Length; i++)
-        {
-            if (objectMask[i]) continue;
-            for (int c = 0; c < 3; c++) sum += Math.Abs(a.Pixels[3 * i + c] - b.Pixels[3 * i + c]);
-            n += 3;
-        }
+        for (int y = 0; y < h; y++)
+            for (int x = 0; x < w; x++)
+            {
+                if (NearObject(maskA, w, h, x, y) || NearObject(maskB, w, h, x, y)) continue;
+                int i = y * w + x;
+                for (int c = 0; c < 3; c++) sum += Math.Abs(a.Pixels[3 * i + c] - b.Pixels[3 * i + c]);
+                n += 3;
+            }
         return n == 0 ? 0 : sum / n;
+    }
+
+    const int EdgeMargin = 2;
+
+    static bool NearObject(bool[] mask, int w, int h, int x, int y)
+    {
+        for (int dy = -EdgeMargin; dy <= EdgeMargin; dy++)
+            for (int dx = -EdgeMargin; dx <= EdgeMargin; dx++)
+            {
+                int xx = x + dx, yy = y + dy;
+                if (xx >= 0 && yy >= 0 && xx < w && yy < h && mask[yy * w + xx]) return true;
+            }
+        return false;
     }
 }

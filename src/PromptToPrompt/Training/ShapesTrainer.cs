@@ -16,16 +16,19 @@ namespace PromptToPrompt.Training;
 /// </summary>
 public sealed record ShapesTrainingOptions(
     string OutDir, long Seed = 0, int VaeSteps = 1500, int UNetSteps = 6000, int VaeBatch = 16, int UNetBatch = 32,
-    double? Minutes = null, double CaptionDropout = 0.1, int CheckpointEverySteps = 500, int ScaleSamples = 256);
+    double? Minutes = null, double CaptionDropout = 0.1, int CheckpointEverySteps = 500, int ScaleSamples = 256,
+    double AttentionLossWeight = 0.05);
 
-/// <summary>Progress of training: phase, step, loss.</summary>
-public readonly record struct TrainingProgress(string Phase, int Step, int Total, double Loss, TimeSpan Elapsed);
+/// <summary>Progress of training: phase, step, total loss and, in the UNet phase, its attention localisation term.</summary>
+public readonly record struct TrainingProgress(string Phase, int Step, int Total, double Loss, TimeSpan Elapsed, double? AttentionLoss = null);
 
 /// <summary>
 /// Trains a small Stable-Diffusion-shaped model on <see cref="Scenes"/>: the VAE first (reconstruction + a small KL
 /// term; then the latent scaling factor is set to 1/std of the latents), then the UNet and the text encoder together
-/// on the DDPM noise-prediction loss with caption dropout (so classifier-free guidance works). Everything uses the
-/// project's own model classes and is saved as a diffusers folder.
+/// on the DDPM noise-prediction loss with caption dropout (so classifier-free guidance works), plus
+/// <see cref="ShapesTrainingOptions.AttentionLossWeight"/> times the <see cref="AttentionLocalisationLoss"/> that binds
+/// each caption word's cross-attention to its object. Everything uses the project's own model classes and is saved as
+/// a diffusers folder.
 /// </summary>
 public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>? log = null)
 {
@@ -155,15 +158,20 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
                 var t = randint(0, schedulerConfig.NumTrainTimesteps, [x0.shape[0]], generator: g);
                 var xt = sqrtA[t].reshape(-1, 1, 1, 1) * x0 + sqrtB[t].reshape(-1, 1, 1, 1) * noise;
                 var rng = new Random(Scenes.StableSeed(options.Seed + 17, step));
-                var captions = batch.Captions.Select(c => rng.NextDouble() < options.CaptionDropout ? "" : c).ToList();
-                var ids = tensor(captions.SelectMany(c => tokenizer.Tokenize(c).Ids).ToArray(), [captions.Count, tokenizer.MaxLength]);
-                var predicted = unet.forward(xt, t.to(ScalarType.Float32), text.forward(ids));
-                var loss = F.mse_loss(predicted, noise);
+                var kept = batch.Scenes.Select(scene => rng.NextDouble() < options.CaptionDropout ? null : scene).ToList();
+                var ids = tensor(kept.SelectMany(scene => tokenizer.Tokenize(scene?.Caption ?? "").Ids).ToArray(), [kept.Count, tokenizer.MaxLength]);
+                using var localisation = new AttentionLocalisationLoss(tokenizer, kept, CPU);
+                Tensor predicted;
+                using (unet.Hooks.Use(options.AttentionLossWeight > 0 ? localisation : null))
+                    predicted = unet.forward(xt, t.to(ScalarType.Float32), text.forward(ids));
+                var attentionLoss = localisation.Loss();
+                var loss = F.mse_loss(predicted, noise) + options.AttentionLossWeight * attentionLoss;
                 optimizer.zero_grad();
                 loss.backward();
                 nn.utils.clip_grad_norm_(parameters, 1.0);
                 optimizer.step();
-                progress?.Report(new TrainingProgress("UNet + text encoder", step + 1, options.UNetSteps, loss.item<float>(), clock.Elapsed));
+                progress?.Report(new TrainingProgress("UNet + text encoder", step + 1, options.UNetSteps, loss.item<float>(), clock.Elapsed,
+                    options.AttentionLossWeight > 0 ? attentionLoss.item<float>() : null));
                 if ((step + 1) % options.CheckpointEverySteps == 0 || clock.Elapsed > budget)
                 {
                     Save(state with { Step = step + 1 });
@@ -179,11 +187,10 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
     }
 
     /// <summary>A deterministic batch: scene i of the stream named <paramref name="stream"/> for this step.</summary>
-    (Tensor Images, List<string> Captions) Batch(Scenes scenes, string stream, int step, int size)
+    (Tensor Images, List<Scene> Scenes) Batch(Scenes scenes, string stream, int step, int size)
     {
         long streamSeed = options.Seed * 31 + stream switch { "vae" => 1, "unet" => 2, _ => 3 };
         var items = Enumerable.Range(0, size).Select(i => scenes.Generate(streamSeed, (long)step * size + i)).ToList();
-        var images = cat(items.Select(s => s.Image.ToTensor()).ToArray(), 0);
-        return (images, items.Select(s => s.Caption).ToList());
+        return (cat(items.Select(s => s.Image.ToTensor()).ToArray(), 0), items);
     }
 }

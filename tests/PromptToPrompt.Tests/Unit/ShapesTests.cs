@@ -1,3 +1,6 @@
+using PromptToPrompt.Imaging;
+using PromptToPrompt.Models;
+using static TorchSharp.torch;
 using PromptToPrompt.Text;
 using PromptToPrompt.Training;
 
@@ -61,6 +64,105 @@ public class ScenesTests
         Assert.Equal("red", ShapesEvaluation.ObjectColour(scene.Image, "white"));
         var mask = ShapesEvaluation.Mask(scene.Image, "white");
         Assert.Equal(1.0, ShapesEvaluation.IoU(mask, scene.Objects[0].Mask), 3);
+        Assert.Equal(1.0, ShapesEvaluation.IoU(ShapesEvaluation.ObjectMask(scene.Image, "white", "red"), scene.Objects[0].Mask), 3);
+
+        // A soft edge: the half-contrast mask of a black and of a blue square blurred alike is the same, whereas
+        // a fixed distance from the background makes the higher-contrast black square larger.
+        RgbImage Blurred(string colour) => BoxBlur(new Scenes().Render([("square", colour, "large", 32, 32, 14)], "white", false).Image);
+        var (black, blue) = (Blurred("black"), Blurred("blue"));
+        Assert.Equal(1.0, ShapesEvaluation.IoU(ShapesEvaluation.ObjectMask(black, "white", "black"), ShapesEvaluation.ObjectMask(blue, "white", "blue")), 3);
+        Assert.True(ShapesEvaluation.Mask(black, "white").Count(m => m) > ShapesEvaluation.Mask(blue, "white").Count(m => m));
+    }
+
+    static RgbImage BoxBlur(RgbImage image, int radius = 2)
+    {
+        var pixels = new byte[image.Pixels.Length];
+        for (int y = 0; y < image.Height; y++)
+            for (int x = 0; x < image.Width; x++)
+                for (int c = 0; c < 3; c++)
+                {
+                    int sum = 0, n = 0;
+                    for (int dy = -radius; dy <= radius; dy++)
+                        for (int dx = -radius; dx <= radius; dx++)
+                        {
+                            int xx = Math.Clamp(x + dx, 0, image.Width - 1), yy = Math.Clamp(y + dy, 0, image.Height - 1);
+                            sum += image.Pixels[(yy * image.Width + xx) * 3 + c];
+                            n++;
+                        }
+                    pixels[(y * image.Width + x) * 3 + c] = (byte)(sum / n);
+                }
+        return image with { Pixels = pixels };
+    }
+}
+
+public class AttentionLocalisationLossTests
+{
+    static ClipTokenizer Tokenizer(TempDir dir)
+    {
+        var (vocab, merges) = BpeTrainer.Train(Scenes.Vocabulary);
+        BpeTrainer.Save(dir.Path, vocab, merges, 32);
+        return ClipTokenizer.Load(dir.Path);
+    }
+
+    static Scene TwoObjects() => new Scenes().Render(
+        [("square", "red", "large", 16, 16, 12), ("circle", "blue", "small", 48, 48, 8)], "white", striped: true);
+
+    [Fact]
+    public void Each_object_word_owns_its_objects_mask_and_background_words_the_rest()
+    {
+        using var dir = new TempDir();
+        var scene = TwoObjects();
+        Assert.Equal("a large red square and a small blue circle on a striped white background", scene.Caption);
+        var regions = AttentionLocalisationLoss.WordRegions(Tokenizer(dir), scene).ToList();
+        // Token positions (BOS = 0): large red square = 2..4, small blue circle = 7..9, striped white background = 12..14.
+        Assert.Equal([2, 3, 4, 7, 8, 9, 12, 13, 14], regions.Select(r => r.Position));
+        Assert.All(regions.Take(3), r => Assert.Same(scene.Objects[0].Mask, r.Region));
+        Assert.All(regions.Skip(3).Take(3), r => Assert.Same(scene.Objects[1].Mask, r.Region));
+        var background = regions[^1].Region;
+        for (int i = 0; i < background.Length; i++)
+            Assert.Equal(!scene.Objects[0].Mask[i] && !scene.Objects[1].Mask[i], background[i]);
+    }
+
+    [Fact]
+    public void The_loss_is_zero_for_attention_inside_each_words_region_and_the_outside_share_otherwise()
+    {
+        using var dir = new TempDir();
+        var tokenizer = Tokenizer(dir);
+        var scene = TwoObjects();
+        var regions = AttentionLocalisationLoss.WordRegions(tokenizer, scene).ToList();
+        int k = tokenizer.MaxLength, side = 16, heads = 2;
+        var call = new AttentionCall(new AttentionLayer("down_blocks.0.attentions.0.transformer_blocks.0.attn2", UNetPlace.Down, true, 0, heads), side, side, k);
+
+        // Each supervised token attends only to cells inside its (64 px) region seen at 16x16; a dropped caption supervises nothing.
+        var inside = new float[heads * side * side * k];
+        foreach (var (position, region) in regions)
+            for (int cell = 0; cell < side * side; cell++)
+                if (region[(cell / side * 4 + 1) * 64 + cell % side * 4 + 1])
+                    for (int h = 0; h < heads; h++) inside[(h * side * side + cell) * k + position] = 1;
+        using (var loss = new AttentionLocalisationLoss(tokenizer, [scene, null], CPU))
+        {
+            var probabilities = cat([tensor(inside, [heads, side * side, k]), rand(heads, side * side, k)], 0);
+            Assert.Same(probabilities, loss.Edit(call, probabilities));
+            Assert.Equal(0.0, loss.Loss().item<float>(), 4);
+        }
+
+        // Uniform attention: the loss is the mean share of cells outside each word's (max-pooled) region.
+        using (var loss = new AttentionLocalisationLoss(tokenizer, [scene], CPU))
+        {
+            loss.Edit(call, full(heads, side * side, k, 1f / (side * side)));
+            double expected = regions.Average(r =>
+            {
+                int touched = 0;
+                for (int cell = 0; cell < side * side; cell++)
+                {
+                    bool any = false;
+                    for (int dy = 0; dy < 4; dy++) for (int dx = 0; dx < 4; dx++) any |= r.Region[(cell / side * 4 + dy) * 64 + cell % side * 4 + dx];
+                    if (any) touched++;
+                }
+                return 1 - touched / (double)(side * side);
+            });
+            Assert.Equal(expected, loss.Loss().item<float>(), 4);
+        }
     }
 }
 
