@@ -160,7 +160,7 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
                 var rng = new Random(Scenes.StableSeed(options.Seed + 17, step));
                 var kept = batch.Scenes.Select(scene => rng.NextDouble() < options.CaptionDropout ? null : scene).ToList();
                 var ids = tensor(kept.SelectMany(scene => tokenizer.Tokenize(scene?.Caption ?? "").Ids).ToArray(), [kept.Count, tokenizer.MaxLength]);
-                using var localisation = new AttentionLocalisationLoss(tokenizer, kept, CPU);
+                using var localisation = new AttentionLocalisationLoss(tokenizer, kept, (int)x0.shape[2], CPU);
                 Tensor predicted;
                 using (unet.Hooks.Use(options.AttentionLossWeight > 0 ? localisation : null))
                     predicted = unet.forward(xt, t.to(ScalarType.Float32), text.forward(ids));

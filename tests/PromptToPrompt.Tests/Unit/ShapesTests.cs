@@ -139,7 +139,7 @@ public class AttentionLocalisationLossTests
             for (int cell = 0; cell < side * side; cell++)
                 if (region[(cell / side * 4 + 1) * 64 + cell % side * 4 + 1])
                     for (int h = 0; h < heads; h++) inside[(h * side * side + cell) * k + position] = 1;
-        using (var loss = new AttentionLocalisationLoss(tokenizer, [scene, null], CPU))
+        using (var loss = new AttentionLocalisationLoss(tokenizer, [scene, null], side, CPU))
         {
             var probabilities = cat([tensor(inside, [heads, side * side, k]), rand(heads, side * side, k)], 0);
             Assert.Same(probabilities, loss.Edit(call, probabilities));
@@ -147,7 +147,7 @@ public class AttentionLocalisationLossTests
         }
 
         // Uniform attention: the loss is the mean share of cells outside each word's (max-pooled) region.
-        using (var loss = new AttentionLocalisationLoss(tokenizer, [scene], CPU))
+        using (var loss = new AttentionLocalisationLoss(tokenizer, [scene], side, CPU))
         {
             loss.Edit(call, full(heads, side * side, k, 1f / (side * side)));
             double expected = regions.Average(r =>
