@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 using PromptToPrompt.Training;
 
 namespace PromptToPrompt.Cli;
@@ -27,8 +28,19 @@ static class TrainShapesCommand
         {
             var options = new ShapesTrainingOptions(r.GetValue(output)!, r.GetValue(seed), r.GetValue(vaeSteps), r.GetValue(unetSteps), Minutes: r.GetValue(minutes),
                 AttentionLossWeight: r.GetValue(attentionLoss));
-            new ShapesTrainer(options, CliSupport.Warn).Run(new TrainingProgressLine(), CliSupport.Cancellation);
-            return 0;
+            var trainer = new ShapesTrainer(options, CliSupport.Warn);
+            for (int failures = 0; ; failures++)
+                try
+                {
+                    trainer.Run(new TrainingProgressLine(), CliSupport.Cancellation);
+                    return 0;
+                }
+                catch (ExternalException e) when (failures < 3)
+                {
+                    // A libtorch error that a rerun does not repeat (seen here once in an hour: TorchSharp finalising an
+                    // implicit scalar during the call that uses it): resume from the last checkpoint.
+                    CliSupport.Warn($"libtorch failed ({e.Message.Split('\n')[0]}); resuming from the last checkpoint.");
+                }
         }));
         return command;
     }

@@ -29,8 +29,9 @@ public class ShippedModelTests(ITestOutputHelper output)
         output.WriteLine(report.ToTable());
         Assert.True(report.ColourAccuracy >= 0.8, $"colour accuracy {report.ColourAccuracy:P0} < 80%");
         Assert.True(report.SwapNewColourWithInjection >= 0.8, $"word swap takes the new colour in only {report.SwapNewColourWithInjection:P0}");
-        // Injection must keep the layout far better than regenerating; the target of IoU 0.8 is not reached
-        // yet (measured 0.63 with 20 samples; see the README), so the test holds what the model does.
+        // The target: a word swap with Prompt-to-Prompt keeps the object's mask (IoU >= 0.8), far better
+        // than regenerating the edited prompt from the same noise.
+        Assert.True(report.SwapIoUWithInjection >= 0.8, $"word-swap mask IoU with injection {report.SwapIoUWithInjection:0.00} < 0.8");
         Assert.True(report.SwapIoUWithInjection >= report.SwapIoUWithoutInjection + 0.2,
             $"word-swap mask IoU with injection {report.SwapIoUWithInjection:0.00} is not clearly above plain regeneration's {report.SwapIoUWithoutInjection:0.00}");
     }
