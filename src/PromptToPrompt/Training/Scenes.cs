@@ -22,7 +22,7 @@ public sealed class Scenes(int size = 64)
         ["purple"] = (150, 60, 190), ["orange"] = (245, 140, 30), ["white"] = (245, 245, 245), ["black"] = (20, 20, 20),
     };
     public static readonly string[] Backgrounds = ["white", "black", "yellow", "blue", "gray"];
-    static readonly Dictionary<string, (byte, byte, byte)> BackgroundColours = new()
+    public static readonly Dictionary<string, (byte R, byte G, byte B)> BackgroundColours = new()
     {
         ["white"] = (245, 245, 245), ["black"] = (20, 20, 20), ["yellow"] = (235, 220, 50), ["blue"] = (40, 70, 220), ["gray"] = (128, 128, 128),
     };

@@ -96,15 +96,10 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
         }
     }
 
-    static (double R, double G, double B) Background(string name) => name switch
-    {
-        "white" => (245, 245, 245), "black" => (20, 20, 20), "gray" => (128, 128, 128), "yellow" => (235, 220, 50), _ => (40, 70, 220),
-    };
-
     /// <summary>Pixels whose colour is far from the background colour (any object, whatever its colour).</summary>
     public static bool[] Mask(RgbImage image, string background)
     {
-        var (br, bg, bb) = Background(background);
+        var (br, bg, bb) = Scenes.BackgroundColours[background];
         var mask = new bool[image.Width * image.Height];
         for (int i = 0; i < mask.Length; i++)
         {
@@ -121,7 +116,7 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
     /// </summary>
     public static bool[] ObjectMask(RgbImage image, string background, string colour)
     {
-        var (br, bg, bb) = Background(background);
+        var (br, bg, bb) = Scenes.BackgroundColours[background];
         var (or, og, ob) = Scenes.Colours[colour];
         double vr = or - br, vg = og - bg, vb = ob - bb, norm = vr * vr + vg * vg + vb * vb;
         var mask = new bool[image.Width * image.Height];
@@ -158,29 +153,23 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
     static double OutsideChange(RgbImage a, RgbImage b, bool[] maskA, bool[] maskB)
     {
         int w = a.Width, h = a.Height;
-        double sum = 0;
-        int n = 0;
+        var near = new bool[w * h];
         for (int y = 0; y < h; y++)
             for (int x = 0; x < w; x++)
-            {
-                if (NearObject(maskA, w, h, x, y) || NearObject(maskB, w, h, x, y)) continue;
-                int i = y * w + x;
-                for (int c = 0; c < 3; c++) sum += Math.Abs(a.Pixels[3 * i + c] - b.Pixels[3 * i + c]);
-                n += 3;
-            }
+                if (maskA[y * w + x] || maskB[y * w + x])
+                    for (int yy = Math.Max(0, y - EdgeMargin); yy <= Math.Min(h - 1, y + EdgeMargin); yy++)
+                        for (int xx = Math.Max(0, x - EdgeMargin); xx <= Math.Min(w - 1, x + EdgeMargin); xx++)
+                            near[yy * w + xx] = true;
+        double sum = 0;
+        int n = 0;
+        for (int i = 0; i < near.Length; i++)
+        {
+            if (near[i]) continue;
+            for (int c = 0; c < 3; c++) sum += Math.Abs(a.Pixels[3 * i + c] - b.Pixels[3 * i + c]);
+            n += 3;
+        }
         return n == 0 ? 0 : sum / n;
     }
 
     const int EdgeMargin = 2;
-
-    static bool NearObject(bool[] mask, int w, int h, int x, int y)
-    {
-        for (int dy = -EdgeMargin; dy <= EdgeMargin; dy++)
-            for (int dx = -EdgeMargin; dx <= EdgeMargin; dx++)
-            {
-                int xx = x + dx, yy = y + dy;
-                if (xx >= 0 && yy >= 0 && xx < w && yy < h && mask[yy * w + xx]) return true;
-            }
-        return false;
-    }
 }

@@ -160,18 +160,19 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
                 var rng = new Random(Scenes.StableSeed(options.Seed + 17, step));
                 var kept = batch.Scenes.Select(scene => rng.NextDouble() < options.CaptionDropout ? null : scene).ToList();
                 var ids = tensor(kept.SelectMany(scene => tokenizer.Tokenize(scene?.Caption ?? "").Ids).ToArray(), [kept.Count, tokenizer.MaxLength]);
-                using var localisation = new AttentionLocalisationLoss(tokenizer, kept, (int)x0.shape[2], CPU);
+                using var localisation = options.AttentionLossWeight > 0 ? new AttentionLocalisationLoss(tokenizer, kept, (int)x0.shape[2], CPU) : null;
                 Tensor predicted;
-                using (unet.Hooks.Use(options.AttentionLossWeight > 0 ? localisation : null))
+                using (unet.Hooks.Use(localisation))
                     predicted = unet.forward(xt, t.to(ScalarType.Float32), text.forward(ids));
-                var attentionLoss = localisation.Loss();
-                var loss = F.mse_loss(predicted, noise) + options.AttentionLossWeight * attentionLoss;
+                var attentionLoss = localisation?.Loss();
+                var loss = F.mse_loss(predicted, noise);
+                if (attentionLoss is not null) loss = loss + options.AttentionLossWeight * attentionLoss;
                 optimizer.zero_grad();
                 loss.backward();
                 nn.utils.clip_grad_norm_(parameters, 1.0);
                 optimizer.step();
                 progress?.Report(new TrainingProgress("UNet + text encoder", step + 1, options.UNetSteps, loss.item<float>(), clock.Elapsed,
-                    options.AttentionLossWeight > 0 ? attentionLoss.item<float>() : null));
+                    attentionLoss?.item<float>()));
                 if ((step + 1) % options.CheckpointEverySteps == 0 || clock.Elapsed > budget)
                 {
                     Save(state with { Step = step + 1 });

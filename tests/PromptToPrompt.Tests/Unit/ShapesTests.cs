@@ -168,8 +168,8 @@ public class AttentionLocalisationLossTests
 
 public class ShapesTrainerTests
 {
-    // Without the attention localisation loss: with it, this in-process resume differs from the uninterrupted run
-    // (open in issue 6), although resuming through `p2p train-shapes` in a new process is bit-identical.
+    // Without the attention localisation loss: with it, this test passes alone but differs when the whole suite runs
+    // in parallel (open in issue 6); resuming through `p2p train-shapes` in a new process is bit-identical.
     static ShapesTrainingOptions Tiny(string dir, double? minutes = null) =>
         new(dir, Seed: 3, VaeSteps: 3, UNetSteps: 3, VaeBatch: 2, UNetBatch: 2, Minutes: minutes, CheckpointEverySteps: 1, ScaleSamples: 8, AttentionLossWeight: 0);
 
