@@ -28,7 +28,9 @@ public readonly record struct TrainingProgress(string Phase, int Step, int Total
 /// on the DDPM noise-prediction loss with caption dropout (so classifier-free guidance works), plus
 /// <see cref="ShapesTrainingOptions.AttentionLossWeight"/> times the <see cref="AttentionLocalisationLoss"/> that binds
 /// each caption word's cross-attention to its object. Everything uses the project's own model classes and is saved as
-/// a diffusers folder.
+/// a diffusers folder. The same options give the same model bit for bit, interrupted and resumed or not, as long as
+/// nothing else in the process draws from torch's global generator while the initial weights are drawn from it (as
+/// in PyTorch, seeded with the seed).
 /// </summary>
 public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>? log = null)
 {
