@@ -186,7 +186,7 @@ public class ShapesTrainerTests
         using var straight = new TempDir();
         var reports = new Reports();
         new ShapesTrainer(Tiny(straight.Path)).Run(reports);
-        Assert.Contains(reports.All, r => r.AttentionLoss is > 0f);   // the resumed run covers the attention loss too
+        Assert.Contains(reports.All, r => r.AttentionLoss is > 0);   // the resumed run covers the attention loss too
         using var resumed = new TempDir();
         var logs = new List<string>();
         new ShapesTrainer(Tiny(resumed.Path, minutes: 0), logs.Add).Run();   // stops after the first step
