@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using PromptToPrompt.Imaging;
 using PromptToPrompt.Loading;
+using PromptToPrompt.Models;
 using PromptToPrompt.Schedulers;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -82,6 +83,7 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
             for (int i = 0; i < n; i++)
             {
                 cancel.ThrowIfCancellationRequested();
+                using var pause = CollectionPause.Begin();
                 int stepIndex = n - 1 - i;
                 var eps = Predict(x, scheduler.Timesteps[stepIndex], cond);
                 x = scheduler.InvertStep(eps, stepIndex, x);
@@ -134,6 +136,7 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
             {
                 cancel.ThrowIfCancellationRequested();
                 using var inner = NewDisposeScope();
+                using var pause = CollectionPause.Begin();
                 var uncondNoise = Predict(current, t, param.to(Model.Placement.DType));
                 var noise = uncondNoise + s.GuidanceScale * (condNoise - uncondNoise);
                 var previous = scheduler.Step(noise, i, current);

@@ -125,6 +125,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         {
             cancel.ThrowIfCancellationRequested();
             using var scope = NewDisposeScope();
+            using var pause = CollectionPause.Begin();
             observer?.OnStepStart(i, total);
             var input = scheduler.ScaleModelInput(cfg ? cat([x, x], 0) : x, i);
             var context = perStep ? cat([uncond[i].expand(cond.shape).to(DType).to(Device), fixedContext], 0) : fixedContext;

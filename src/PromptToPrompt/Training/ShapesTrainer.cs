@@ -106,6 +106,7 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
             {
                 cancel.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
+                using var pause = CollectionPause.Begin();
                 var x = Batch(scenes, "vae", step, options.VaeBatch).Images;
                 var (mean, std) = vae.Encode(x);
                 using var g = new Generator((ulong)(options.Seed * 1_000_003 + step), CPU);
@@ -152,6 +153,7 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
             {
                 cancel.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
+                using var pause = CollectionPause.Begin();
                 var batch = Batch(scenes, "unet", step, options.UNetBatch);
                 Tensor x0;
                 using (no_grad()) x0 = vae.Encode(batch.Images).Mean * scaled.ScalingFactor;

@@ -167,14 +167,17 @@ public class AttentionLocalisationLossTests
 }
 
 /// <summary>
-/// Runs alone: bit-exact training needs a process where nothing else draws from torch's global generator (it seeds
-/// the initial weights, as in PyTorch) or makes the garbage collector run during a native call (TorchSharp 0.107 can
-/// finalise an implicitly converted <c>Scalar</c> while libtorch still reads it; dotnet/TorchSharp#1434).
+/// Tests that run alone, after the parallel ones: bit-exact training needs a process where nothing else draws from
+/// torch's global generator (it seeds the initial weights, as in PyTorch), and the garbage-collection pauses of
+/// <see cref="PromptToPrompt.Models.CollectionPause"/> are process-wide.
 /// </summary>
-[CollectionDefinition(nameof(ShapesTrainerTests), DisableParallelization = true)]
-public sealed class SerialTrainingCollection;
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class RunsAlone
+{
+    public const string Name = "runs alone";
+}
 
-[Collection(nameof(ShapesTrainerTests))]
+[Collection(RunsAlone.Name)]
 public class ShapesTrainerTests
 {
     static ShapesTrainingOptions Tiny(string dir, double? minutes = null) =>
@@ -192,8 +195,12 @@ public class ShapesTrainerTests
         new ShapesTrainer(Tiny(resumed.Path, minutes: 0), logs.Add).Run();   // stops after the first step
         Assert.Contains(logs, l => l.Contains("run again to resume"));
         Assert.False(File.Exists(Path.Combine(resumed.Path, "model_index.json")));
-        new ShapesTrainer(Tiny(resumed.Path), logs.Add).Run();                // resumes in the VAE phase and finishes
-        Assert.Contains(logs, l => l.StartsWith("resuming"));
+        // One step per run from then on: every step resumes, in both phases and between the two steps that share a batch.
+        int runs = 1;
+        while (!File.ReadAllText(Path.Combine(resumed.Path, "checkpoint", "state.json")).Contains("\"done\"") && runs++ < 10)
+            new ShapesTrainer(Tiny(resumed.Path, minutes: 0), logs.Add).Run();
+        Assert.Equal(7, runs);   // 3 VAE steps, 3 UNet steps, then one run that only writes the final model
+        Assert.Equal(6, logs.Count(l => l.StartsWith("resuming")));
 
         using var a = PromptToPrompt.Loading.StableDiffusionModel.Load(straight.Path, PromptToPrompt.Loading.ModelPlacement.Cpu);
         using var b = PromptToPrompt.Loading.StableDiffusionModel.Load(resumed.Path, PromptToPrompt.Loading.ModelPlacement.Cpu);
