@@ -37,8 +37,8 @@ static class TrainShapesCommand
                 }
                 catch (ExternalException e) when (failures < 3)
                 {
-                    // A libtorch error that a rerun does not repeat (seen here once in 100 minutes: TorchSharp finalising
-                    // an implicit scalar during the call that uses it, dotnet/TorchSharp#1434): resume from the last checkpoint.
+                    // A libtorch error that a rerun does not repeat (TorchSharp finalising an implicit scalar during the call
+                    // that uses it, dotnet/TorchSharp#1434; CollectionPause now prevents it within a step): resume from the last checkpoint.
                     CliSupport.Warn($"libtorch failed ({e.Message.Split('\n')[0]}); resuming from the last checkpoint.");
                 }
         }));

@@ -195,7 +195,7 @@ public class ShapesTrainerTests
         new ShapesTrainer(Tiny(resumed.Path, minutes: 0), logs.Add).Run();   // stops after the first step
         Assert.Contains(logs, l => l.Contains("run again to resume"));
         Assert.False(File.Exists(Path.Combine(resumed.Path, "model_index.json")));
-        // One step per run from then on: every step resumes, in both phases and between the two steps that share a batch.
+        // One step per run from then on: every step resumes, in both phases and across the switch between them.
         int runs = 1;
         while (!File.ReadAllText(Path.Combine(resumed.Path, "checkpoint", "state.json")).Contains("\"done\"") && runs++ < 10)
             new ShapesTrainer(Tiny(resumed.Path, minutes: 0), logs.Add).Run();
