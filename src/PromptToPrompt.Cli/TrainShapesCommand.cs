@@ -20,14 +20,24 @@ static class TrainShapesCommand
             Description = "Weight of the loss binding each caption word's cross-attention to its object (0: plain diffusion training).",
             DefaultValueFactory = _ => new ShapesTrainingOptions("").AttentionLossWeight,
         };
+        var vaeCrop = new Option<int>("--vae-crop")
+        {
+            Description = "Train the VAE on random squares of this many pixels (0: whole images); it is convolutional, so it then works on whole images.",
+            DefaultValueFactory = _ => new ShapesTrainingOptions("").VaeCrop,
+        };
+        var latentReuse = new Option<int>("--latent-reuse")
+        {
+            Description = "UNet steps that train on each encoded scene, each with new noise (divides the batch of 32; 1: every step encodes new scenes).",
+            DefaultValueFactory = _ => new ShapesTrainingOptions("").LatentReuse,
+        };
         var command = new Command("train-shapes", "Train a small text-to-image model on generated shape scenes (saved as a diffusers folder).")
         {
-            output, minutes, seed, vaeSteps, unetSteps, attentionLoss,
+            output, minutes, seed, vaeSteps, unetSteps, attentionLoss, vaeCrop, latentReuse,
         };
         command.SetAction(r => CliSupport.Run(() =>
         {
             var options = new ShapesTrainingOptions(r.GetValue(output)!, r.GetValue(seed), r.GetValue(vaeSteps), r.GetValue(unetSteps), Minutes: r.GetValue(minutes),
-                AttentionLossWeight: r.GetValue(attentionLoss));
+                AttentionLossWeight: r.GetValue(attentionLoss), VaeCrop: r.GetValue(vaeCrop), LatentReuse: r.GetValue(latentReuse));
             var trainer = new ShapesTrainer(options, CliSupport.Warn);
             for (int failures = 0; ; failures++)
                 try

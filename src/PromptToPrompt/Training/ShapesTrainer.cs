@@ -15,17 +15,33 @@ namespace PromptToPrompt.Training;
 /// same model; <see cref="Minutes"/> only caps wall time (training then stops at a checkpoint and resumes later).
 /// </summary>
 public sealed record ShapesTrainingOptions(
-    string OutDir, long Seed = 0, int VaeSteps = 1500, int UNetSteps = 6000, int VaeBatch = 16, int UNetBatch = 32,
+    string OutDir, long Seed = 0, int VaeSteps = 2000, int UNetSteps = 6000, int VaeBatch = 16, int UNetBatch = 32,
     double? Minutes = null, double CaptionDropout = 0.1, int CheckpointEverySteps = 500, int ScaleSamples = 256,
-    double AttentionLossWeight = 0.05);
+    double AttentionLossWeight = 0.05, int VaeCrop = 32, int LatentReuse = 4)
+{
+    /// <summary>Throws a <see cref="UserError"/> naming the first option out of range.</summary>
+    public void Validate(int imageSize, int vaeDownsampling)
+    {
+        static void Check(bool ok, string message) { if (!ok) throw new UserError(message); }
+        Check(VaeSteps >= 0 && UNetSteps >= 0, "--vae-steps and --unet-steps must be 0 or more.");
+        Check(VaeBatch >= 1 && UNetBatch >= 1 && ScaleSamples >= 1 && CheckpointEverySteps >= 1, "batch sizes, scale samples and the checkpoint interval must be at least 1.");
+        Check(Minutes is null or >= 0, "--minutes must be 0 or more.");
+        Check(CaptionDropout is >= 0 and <= 1, "the caption dropout must be between 0 and 1.");
+        Check(AttentionLossWeight >= 0, "--attention-loss must be 0 or more.");
+        Check(VaeCrop == 0 || (VaeCrop >= vaeDownsampling && VaeCrop <= imageSize && VaeCrop % vaeDownsampling == 0),
+            $"--vae-crop must be 0 (whole images) or a multiple of {vaeDownsampling} (the VAE's downsampling) up to {imageSize}.");
+        Check(LatentReuse >= 1 && UNetBatch % LatentReuse == 0, $"--latent-reuse must be at least 1 and divide the UNet batch ({UNetBatch}).");
+    }
+}
 
 /// <summary>Progress of training: phase, step, total loss and, in the UNet phase, its attention localisation term.</summary>
 public readonly record struct TrainingProgress(string Phase, int Step, int Total, double Loss, TimeSpan Elapsed, double? AttentionLoss = null);
 
 /// <summary>
 /// Trains a small Stable-Diffusion-shaped model on <see cref="Scenes"/>: the VAE first (reconstruction + a small KL
-/// term; then the latent scaling factor is set to 1/std of the latents), then the UNet and the text encoder together
-/// on the DDPM noise-prediction loss with caption dropout (so classifier-free guidance works), plus
+/// term, on random crops: a quarter of the cost of whole images; then the latent scaling factor is set to 1/std of the
+/// latents), then the UNet and the text encoder together on the DDPM noise-prediction loss with caption dropout (so
+/// classifier-free guidance works), each encoded scene serving <see cref="ShapesTrainingOptions.LatentReuse"/> steps, plus
 /// <see cref="ShapesTrainingOptions.AttentionLossWeight"/> times the <see cref="AttentionLocalisationLoss"/> that binds
 /// each caption word's cross-attention to its object. Everything uses the project's own model classes and is saved as
 /// a diffusers folder. The same options give the same model bit for bit, interrupted and resumed or not, as long as
@@ -51,6 +67,7 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
 
     public void Run(IProgress<TrainingProgress>? progress = null, CancellationToken cancel = default)
     {
+        options.Validate(ImageSize, Configs(1).Vae.DownscaleFactor);
         set_num_threads(Math.Max(1, Environment.ProcessorCount));
         var (vocab, merges) = BpeTrainer.Train(Scenes.Vocabulary);
         var tokenizerDir = Path.Combine(options.OutDir, "tokenizer");
@@ -107,9 +124,9 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
                 cancel.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 using var pause = CollectionPause.Begin();
-                var x = Batch(scenes, "vae", step, options.VaeBatch).Images;
-                var (mean, std) = vae.Encode(x);
                 using var g = new Generator((ulong)(options.Seed * 1_000_003 + step), CPU);
+                var x = Crop(Batch(scenes, "vae", step, options.VaeBatch).Images, options.VaeCrop, g);
+                var (mean, std) = vae.Encode(x);
                 var z = mean + std * randn(mean.shape, generator: g);
                 var recon = vae.Decode(z);
                 var kl = 0.5 * (mean.pow(2) + std.pow(2) - 1 - (std.pow(2) + 1e-10).log()).mean();
@@ -149,20 +166,28 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
             var alphas = new NoiseSchedule(schedulerConfig).AlphasCumprod;
             var sqrtA = tensor(alphas.Select(a => MathF.Sqrt(a)).ToArray());
             var sqrtB = tensor(alphas.Select(a => MathF.Sqrt(1 - a)).ToArray());
+            // Step s trains on chunks s-R+1..s of the scene stream, so each scene's latent is encoded once and used
+            // in R consecutive steps (R = LatentReuse), each time with new noise, timestep and caption dropout.
+            int reuse = options.LatentReuse, chunkSize = options.UNetBatch / reuse;
+            using var latents = new LatentCache();
             for (int step = state.Step; step < options.UNetSteps; step++)
             {
                 cancel.ThrowIfCancellationRequested();
                 using var scope = NewDisposeScope();
                 using var pause = CollectionPause.Begin();
-                var batch = Batch(scenes, "unet", step, options.UNetBatch);
-                Tensor x0;
-                using (no_grad()) x0 = vae.Encode(batch.Images).Mean * scaled.ScalingFactor;
+                var chunks = Enumerable.Range(step - reuse + 1, reuse).Select(c => latents.Get(c, () =>
+                {
+                    var chunk = Batch(scenes, "unet", c, chunkSize);
+                    using (no_grad()) return (vae.Encode(chunk.Images).Mean * scaled.ScalingFactor, chunk.Scenes);
+                })).ToList();
+                latents.DropBefore(step - reuse + 1);
+                var x0 = cat(chunks.Select(c => c.Latents).ToArray(), 0);
                 using var g = new Generator((ulong)(options.Seed * 7_000_003 + step), CPU);
                 var noise = randn(x0.shape, generator: g);
                 var t = randint(0, schedulerConfig.NumTrainTimesteps, [x0.shape[0]], generator: g);
                 var xt = sqrtA[t].reshape(-1, 1, 1, 1) * x0 + sqrtB[t].reshape(-1, 1, 1, 1) * noise;
                 var rng = new Random(Scenes.StableSeed(options.Seed + 17, step));
-                var kept = batch.Scenes.Select(scene => rng.NextDouble() < options.CaptionDropout ? null : scene).ToList();
+                var kept = chunks.SelectMany(c => c.Scenes).Select(scene => rng.NextDouble() < options.CaptionDropout ? null : scene).ToList();
                 var ids = tensor(kept.SelectMany(scene => tokenizer.Tokenize(scene?.Caption ?? "").Ids).ToArray(), [kept.Count, tokenizer.MaxLength]);
                 using var localisation = options.AttentionLossWeight > 0 ? new AttentionLocalisationLoss(tokenizer, kept, (int)x0.shape[2], CPU) : null;
                 Tensor predicted;
@@ -191,11 +216,47 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
         log?.Invoke($"trained model written to {options.OutDir} ({(elapsedBefore + clock.Elapsed.TotalSeconds) / 60:0.0} min in all)");
     }
 
-    /// <summary>A deterministic batch: scene i of the stream named <paramref name="stream"/> for this step.</summary>
-    (Tensor Images, List<Scene> Scenes) Batch(Scenes scenes, string stream, int step, int size)
+    /// <summary>Encoded chunks of the scene stream, kept while a step still trains on them.</summary>
+    sealed class LatentCache : IDisposable
+    {
+        readonly SortedDictionary<int, (Tensor Latents, List<Scene> Scenes)> _chunks = [];
+
+        public (Tensor Latents, List<Scene> Scenes) Get(int index, Func<(Tensor, List<Scene>)> encode)
+        {
+            if (!_chunks.TryGetValue(index, out var chunk))
+            {
+                var (latents, scenes) = encode();
+                _chunks[index] = chunk = (latents.DetachFromDisposeScope(), scenes);
+            }
+            return chunk;
+        }
+
+        public void DropBefore(int index)
+        {
+            foreach (var old in _chunks.Keys.Where(k => k < index).ToList())
+            {
+                _chunks[old].Latents.Dispose();
+                _chunks.Remove(old);
+            }
+        }
+
+        public void Dispose() => DropBefore(int.MaxValue);
+    }
+
+    /// <summary>A random <paramref name="size"/>-pixel square of every image (all of it when size is 0).</summary>
+    static Tensor Crop(Tensor images, int size, Generator g)
+    {
+        if (size <= 0 || size >= images.shape[2]) return images;
+        var offsets = randint(0, images.shape[2] - size + 1, [images.shape[0], 2], generator: g).data<long>().ToArray();
+        return cat(Enumerable.Range(0, (int)images.shape[0])
+            .Select(i => images[i..(i + 1)].narrow(2, offsets[2 * i], size).narrow(3, offsets[2 * i + 1], size)).ToArray(), 0);
+    }
+
+    /// <summary>A deterministic batch: scenes <c>index * size</c> onwards of the stream named <paramref name="stream"/>.</summary>
+    (Tensor Images, List<Scene> Scenes) Batch(Scenes scenes, string stream, int index, int size)
     {
         long streamSeed = options.Seed * 31 + stream switch { "vae" => 1, "unet" => 2, _ => 3 };
-        var items = Enumerable.Range(0, size).Select(i => scenes.Generate(streamSeed, (long)step * size + i)).ToList();
+        var items = Enumerable.Range(0, size).Select(i => scenes.Generate(streamSeed, (long)index * size + i)).ToList();
         return (cat(items.Select(s => s.Image.ToTensor()).ToArray(), 0), items);
     }
 }

@@ -181,7 +181,7 @@ public sealed class RunsAlone
 public class ShapesTrainerTests
 {
     static ShapesTrainingOptions Tiny(string dir, double? minutes = null) =>
-        new(dir, Seed: 3, VaeSteps: 3, UNetSteps: 3, VaeBatch: 2, UNetBatch: 2, Minutes: minutes, CheckpointEverySteps: 1, ScaleSamples: 8);
+        new(dir, Seed: 3, VaeSteps: 3, UNetSteps: 3, VaeBatch: 2, UNetBatch: 2, Minutes: minutes, CheckpointEverySteps: 1, ScaleSamples: 8, LatentReuse: 2);
 
     [Fact]
     public void Training_resumes_to_the_same_result_and_saves_a_loadable_diffusers_folder()
@@ -208,6 +208,20 @@ public class ShapesTrainerTests
         Assert.Equal(32, a.Tokenizer.MaxLength);
         Assert.Equal(64, a.DefaultImageSize);
         Assert.NotEqual(1.0, a.Vae.Config.ScalingFactor);
+    }
+
+    [Theory]
+    [InlineData(0, 3, "--latent-reuse must be at least 1 and divide the UNet batch (2).")]
+    [InlineData(0, 0, "--latent-reuse must be at least 1 and divide the UNet batch (2).")]
+    [InlineData(30, 2, "--vae-crop must be 0 (whole images) or a multiple of 4 (the VAE's downsampling) up to 64.")]
+    [InlineData(68, 2, "--vae-crop must be 0 (whole images) or a multiple of 4 (the VAE's downsampling) up to 64.")]
+    public void Options_out_of_range_are_refused_before_training(int crop, int reuse, string message)
+    {
+        using var dir = new TempDir();
+        var options = Tiny(dir.Path) with { VaeCrop = crop, LatentReuse = reuse };
+        var error = Assert.Throws<UserError>(() => new ShapesTrainer(options).Run());
+        Assert.Equal(message, error.Message);
+        Assert.Empty(Directory.GetFileSystemEntries(dir.Path));
     }
 
     sealed class Reports : IProgress<TrainingProgress>
