@@ -14,7 +14,7 @@ static class TrainShapesCommand
         var minutes = new Option<double?>("--minutes") { Description = "Stop (at a checkpoint) after this much wall time; run again to resume." };
         var seed = new Option<long>("--seed") { Description = "Seed of the data stream and the initialisation.", DefaultValueFactory = _ => 0 };
         var vaeSteps = new Option<int>("--vae-steps") { Description = "VAE training steps.", DefaultValueFactory = _ => new ShapesTrainingOptions("").VaeSteps };
-        var unetSteps = new Option<int>("--unet-steps") { Description = "UNet + text encoder training steps.", DefaultValueFactory = _ => new ShapesTrainingOptions("").UNetSteps };
+        var unetSteps = new Option<int>("--unet-steps") { Description = "UNet + text encoder training steps (rerun with more to train a finished model further).", DefaultValueFactory = _ => new ShapesTrainingOptions("").UNetSteps };
         var attentionLoss = new Option<double>("--attention-loss")
         {
             Description = "Weight of the loss binding each caption word's cross-attention to its object (0: plain diffusion training).",

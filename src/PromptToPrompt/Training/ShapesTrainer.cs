@@ -75,13 +75,21 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
         var tokenizer = ClipTokenizer.Load(tokenizerDir);
         var (unetConfig, vaeConfig, textConfig, schedulerConfig) = Configs(tokenizer.VocabSize);
 
+        var state = ReadState();
+        if (state.Phase == "done")
+        {
+            if (state.Step >= options.UNetSteps)
+            {
+                log?.Invoke($"{options.OutDir} is already trained ({state.Step} UNet steps); pass a larger --unet-steps to train it further.");
+                return;
+            }
+            state = state with { Phase = "unet" };   // train further: the same model as one longer run
+        }
+
         manual_seed(options.Seed);
         using var vae = new AutoencoderKL(vaeConfig);
         using var unet = new UNet2DConditionModel(unetConfig);
         using var text = new ClipTextModel(textConfig);
-        var state = File.Exists(Checkpoint("state.json"))
-            ? JsonSerializer.Deserialize<State>(File.ReadAllText(Checkpoint("state.json")))!
-            : new State("vae", 0, 1.0, 0);
         if (state.Step > 0 || state.Phase != "vae")
         {
             foreach (var (module, name) in new (nn.Module, string)[] { (vae, "vae"), (unet, "unet"), (text, "text_encoder") })
@@ -214,6 +222,20 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
         Export(scaled);
         Save(new State("done", options.UNetSteps, state.ScalingFactor, 0));
         log?.Invoke($"trained model written to {options.OutDir} ({(elapsedBefore + clock.Elapsed.TotalSeconds) / 60:0.0} min in all)");
+    }
+
+    State ReadState()
+    {
+        var path = Checkpoint("state.json");
+        if (!File.Exists(path)) return new State("vae", 0, 1.0, 0);
+        try
+        {
+            return JsonSerializer.Deserialize<State>(File.ReadAllText(path)) ?? throw new JsonException("empty");
+        }
+        catch (JsonException e)
+        {
+            throw new UserError($"The training checkpoint {path} is unreadable ({e.Message}). Delete the folder {Checkpoint("")} to train from the start.");
+        }
     }
 
     /// <summary>Encoded chunks of the scene stream, kept while a step still trains on them.</summary>

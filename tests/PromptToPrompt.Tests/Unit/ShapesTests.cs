@@ -210,6 +210,38 @@ public class ShapesTrainerTests
         Assert.NotEqual(1.0, a.Vae.Config.ScalingFactor);
     }
 
+    [Fact]
+    public void A_finished_model_is_left_alone_or_trained_further_to_the_same_model_as_one_longer_run()
+    {
+        using var extended = new TempDir();
+        new ShapesTrainer(Tiny(extended.Path)).Run();
+        var weights = Path.Combine(extended.Path, "unet", "diffusion_pytorch_model.fp16.safetensors");
+        var written = File.GetLastWriteTimeUtc(weights);
+        var logs = new List<string>();
+        new ShapesTrainer(Tiny(extended.Path), logs.Add).Run();
+        Assert.Equal($"{extended.Path} is already trained (3 UNet steps); pass a larger --unet-steps to train it further.", Assert.Single(logs));
+        Assert.Equal(written, File.GetLastWriteTimeUtc(weights));
+
+        new ShapesTrainer(Tiny(extended.Path) with { UNetSteps = 5 }, logs.Add).Run();
+        Assert.Contains("resuming unet at step 3", logs);
+        using var straight = new TempDir();
+        new ShapesTrainer(Tiny(straight.Path) with { UNetSteps = 5 }).Run();
+        using var a = PromptToPrompt.Loading.StableDiffusionModel.Load(straight.Path, PromptToPrompt.Loading.ModelPlacement.Cpu);
+        using var b = PromptToPrompt.Loading.StableDiffusionModel.Load(extended.Path, PromptToPrompt.Loading.ModelPlacement.Cpu);
+        Assert.Equal(a.Fingerprint, b.Fingerprint);
+    }
+
+    [Fact]
+    public void An_unreadable_checkpoint_names_the_folder_to_delete()
+    {
+        using var dir = new TempDir();
+        Directory.CreateDirectory(Path.Combine(dir.Path, "checkpoint"));
+        File.WriteAllText(Path.Combine(dir.Path, "checkpoint", "state.json"), "{\"Phase\": ");
+        var error = Assert.Throws<UserError>(() => new ShapesTrainer(Tiny(dir.Path)).Run());
+        Assert.StartsWith($"The training checkpoint {Path.Combine(dir.Path, "checkpoint", "state.json")} is unreadable (", error.Message);
+        Assert.EndsWith($"Delete the folder {Path.Combine(dir.Path, "checkpoint", "")} to train from the start.", error.Message);
+    }
+
     [Theory]
     [InlineData(0, 3, "--latent-reuse must be at least 1 and divide the UNet batch (2).")]
     [InlineData(0, 0, "--latent-reuse must be at least 1 and divide the UNet batch (2).")]
