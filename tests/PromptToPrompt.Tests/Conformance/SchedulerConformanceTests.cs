@@ -11,7 +11,7 @@ namespace PromptToPrompt.Tests.Conformance;
 /// wrong coefficient or an off-by-one timestep (which change samples by more than 1e-3).
 /// </summary>
 [Collection("conformance")]
-public class SchedulerConformanceTests(ConformanceData data)
+public class SchedulerConformanceTests
 {
     static SchedulerConfig PndmConfig() => SchedulerConfig.From(ConfigJson.Load(Path.Combine(ConformanceData.ModelPath, "scheduler", "scheduler_config.json")));
 
