@@ -13,15 +13,18 @@ namespace PromptToPrompt.Training;
 /// <param name="SwapNewColourWithoutInjection">The same without injection.</param>
 /// <param name="OutsideChangeWithBlend">Mean absolute pixel change (0..255) away from the source and edited objects, edit with local blend.</param>
 /// <param name="OutsideChangeWithoutBlend">The same for the edit without local blend.</param>
+/// <param name="VaeReconstructionError">Mean absolute pixel difference (0..255) between scenes and their VAE encoding decoded.</param>
 public sealed record ShapesReport(int Samples, double ColourAccuracy, double SwapIoUWithInjection, double SwapIoUWithoutInjection,
-    double SwapIoUWithBlend, double SwapNewColourWithInjection, double SwapNewColourWithoutInjection, double OutsideChangeWithBlend, double OutsideChangeWithoutBlend)
+    double SwapIoUWithBlend, double SwapNewColourWithInjection, double SwapNewColourWithoutInjection, double OutsideChangeWithBlend, double OutsideChangeWithoutBlend,
+    double VaeReconstructionError)
 {
     public string ToTable() => string.Join("\n",
         $"samples per measure                          {Samples}",
         $"colour accuracy, single objects              {ColourAccuracy:P0}",
         $"word swap: object IoU     with injection     {SwapIoUWithInjection:0.000}   without (plain regeneration) {SwapIoUWithoutInjection:0.000}   with injection and local blend {SwapIoUWithBlend:0.000}",
         $"word swap: new colour     with injection     {SwapNewColourWithInjection:P0}   without {SwapNewColourWithoutInjection:P0}",
-        $"local blend: mean change away from the object  with blend {OutsideChangeWithBlend:0.0}   without {OutsideChangeWithoutBlend:0.0}  (0..255)");
+        $"local blend: mean change away from the object  with blend {OutsideChangeWithBlend:0.0}   without {OutsideChangeWithoutBlend:0.0}  (0..255)",
+        $"VAE: mean error of a scene encoded and decoded   {VaeReconstructionError:0.0}  (0..255)");
 }
 
 /// <summary>
@@ -82,7 +85,22 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
             progress?.Report($"edits {i + 1}/{samples}");
         }
         return new ShapesReport(samples, (double)correct / samples, iouWith / samples, iouWithout / samples, iouBlend / samples,
-            newWith / samples, newWithout / samples, outsideBlend / samples, outsideNoBlend / samples);
+            newWith / samples, newWithout / samples, outsideBlend / samples, outsideNoBlend / samples, VaeError(samples, seed));
+    }
+
+    /// <summary>Mean absolute pixel change (0..255) of training-distribution scenes through the VAE and back.</summary>
+    double VaeError(int samples, long seed)
+    {
+        var scenes = new Scenes(pipeline.Model.DefaultImageSize);
+        double sum = 0;
+        for (int i = 0; i < samples; i++)
+        {
+            var image = scenes.Generate(seed, i).Image;
+            using var latents = pipeline.Encode(image.ToTensor());
+            var decoded = pipeline.Decode(latents)[0];
+            sum += image.Pixels.Zip(decoded.Pixels, (a, b) => Math.Abs(a - b)).Average();
+        }
+        return sum / samples;
     }
 
     RgbImage[] Generate(string[] prompts, long seed, AttentionController? controller)

@@ -34,6 +34,7 @@ public class ShippedModelTests(ITestOutputHelper output)
         Assert.True(report.SwapIoUWithInjection >= 0.8, $"word-swap mask IoU with injection {report.SwapIoUWithInjection:0.00} < 0.8");
         Assert.True(report.SwapIoUWithInjection >= report.SwapIoUWithoutInjection + 0.2,
             $"word-swap mask IoU with injection {report.SwapIoUWithInjection:0.00} is not clearly above plain regeneration's {report.SwapIoUWithoutInjection:0.00}");
+        Assert.True(report.VaeReconstructionError < 10, $"the VAE changes a scene by {report.VaeReconstructionError:0.0} of 255 on average");
     }
 
     [Fact]
