@@ -40,8 +40,12 @@ static class BenchmarkCommand
 
             Measure("text encoder (2 prompts)", 1, () => pipeline.EncodePrompts(["a cat riding a bicycle", "a cat riding a car"]).Dispose());
             GenerationRequest Request(params string[] prompts) => new() { Prompts = prompts, Steps = n, Scheduler = "ddim", Seed = 1, Width = w, Height = h };
+            // The first UNet evaluation pays one-time costs (allocator growth, kernel selection, weights paged in);
+            // it is timed apart so that it does not inflate whichever stage happens to run first.
+            Measure("warm-up: first UNet evaluation", 1, () => Denoise(pipeline, Request("a cat riding a bicycle") with { Steps = 1 }, null).Dispose());
             Tensor? final = null;
             Measure("plain generation, 1 prompt", n, () => { final?.Dispose(); final = Denoise(pipeline, Request("a cat riding a bicycle"), null); });
+            Measure("plain generation, 2 prompts", n, () => Denoise(pipeline, Request("a cat riding a bicycle", "a cat riding a car"), null).Dispose());
             using (var store = new AttentionStore(1))
                 Measure("generation + AttentionStore", n, () => Denoise(pipeline, Request("a cat riding a bicycle"), store).Dispose());
             using (var swap = new AttentionReplace(sd.Tokenizer, ["a cat riding a bicycle", "a cat riding a car"], n, new EditSchedule(0.8, StepWindow.Until(0.4))))
@@ -82,7 +86,7 @@ static class BenchmarkCommand
     static void Report(string what, TimeSpan elapsed, int? steps)
     {
         using var process = Process.GetCurrentProcess();
-        var rate = steps is int s && s > 1 ? $"  {s / elapsed.TotalSeconds,6:0.00} it/s" : "";
+        var rate = steps is int s && s > 1 ? $"  {elapsed.TotalSeconds / s,7:0.000} s/step ({s / elapsed.TotalSeconds:0.00} it/s)" : "";
         Console.WriteLine($"{what,-42} {elapsed.TotalSeconds,8:0.00} s{rate}  peak RSS {process.PeakWorkingSet64 / (1 << 20),6} MB");
     }
 }

@@ -74,6 +74,23 @@ public class CliTests
     }
 
     [Fact]
+    public void Benchmark_reports_every_stage_on_a_model()
+    {
+        var (code, stdout, stderr) = RunP2P("benchmark", "--model", ShippedModelTests.Folder, "--steps", "2", "--inversion");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("size 64x64, 2 steps (ddim)", stdout);
+        string[] stages = ["load (shapes)", "text encoder (2 prompts)", "warm-up: first UNet evaluation", "plain generation, 1 prompt",
+            "plain generation, 2 prompts", "generation + AttentionStore", "word swap, 2 prompts", "VAE decode, 1 image", "null-text inversion, 1 step x 10 inner"];
+        var lines = stdout.Split('\n');
+        foreach (var stage in stages)
+            Assert.Matches(@"^\S.* +\d+\.\d\d s.*peak RSS +\d+ MB$", Assert.Single(lines, l => l.StartsWith(stage)));
+        Assert.Equal(4, lines.Count(l => l.Contains(" s/step (")));
+        var none = RunP2P("benchmark");
+        Assert.Equal(1, none.Code);
+        Assert.Contains("error: Give exactly one of --model and --architecture.", none.Err);
+    }
+
+    [Fact]
     public void Existing_outputs_are_not_replaced_without_overwrite()
     {
         using var dir = new TempDir();
