@@ -40,9 +40,10 @@ static class AttentionCommand
             using var sd = modelOptions.Load(r, r.GetValue(model));
             var text = r.GetValue(prompt)!;
             var request = sampling.Request(r, [text], initial, seedValue);
-            options.Validate(Schedulers.Schedulers.Create(request.Scheduler ?? Schedulers.Schedulers.DefaultFor(sd.Scheduler), sd.Scheduler, request.Steps).Timesteps.Count);
-            using var store = new AttentionStore(1, options.StoreSettings);
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
+            var (width, height) = pipeline.ResolveSize(request.Width, request.Height, request.InitialLatent);
+            options = options.ForRun(sd, width, height, pipeline.Evaluations(request.Scheduler, request.Steps));
+            using var store = new AttentionStore(1, options.StoreSettings);
             var result = pipeline.Generate(request, new ConsoleProgress("denoising"), store, CliSupport.Cancellation);
             result.Latents.Dispose();
             var metadata = new Dictionary<string, string>(result.Parameters);
@@ -70,10 +71,14 @@ static class AttentionCommand
 }
 
 /// <summary>The attention-view options shared by <c>p2p attention</c> and <c>p2p edit --show-attention</c>.</summary>
-sealed record ViewOptions(Option<int> Res, Option<string> From, Option<string?> PerStep, Option<bool> PerLayer, Option<int> SelfComponents, Option<int> CellSize, Option<bool> FullPrecision)
+sealed record ViewOptions(Option<int?> Res, Option<string> From, Option<string?> PerStep, Option<bool> PerLayer, Option<int> SelfComponents, Option<int> CellSize, Option<bool> FullPrecision)
 {
     public static ViewOptions Create() => new(
-        new Option<int>("--res") { Description = "Resolution R of the maps: aggregate the layers whose queries form an R x R grid.", DefaultValueFactory = _ => 16 },
+        new Option<int?>("--res")
+        {
+            Description = "Resolution R of the maps: aggregate the layers whose query grid has R on its shorter side (R x R for square images). " +
+                          "Default: the coarsest grid with cross-attention outside the middle block (16 for SD at 512x512).",
+        },
         new Option<string>("--from") { Description = "UNet places to aggregate: down, mid, up (comma-separated).", DefaultValueFactory = _ => "up,down" },
         new Option<string?>("--per-step") { Description = "UNet evaluations to show one by one, e.g. 0,5,10,25,50." },
         new Option<bool>("--per-layer") { Description = "Also show each cross-attention layer (averaged over steps)." },

@@ -121,8 +121,12 @@ static class EditCommand
                 (xT, nullEmbeddings) = (fresh.XT, fresh.NullEmbeddings);
             }
             using var _ = fresh;
+            if (show)
+            {
+                var (width, height) = pipeline.ResolveSize(s.Width, s.Height, xT);
+                viewOptions = viewOptions.ForRun(sd, width, height, pipeline.Evaluations(s.Scheduler, s.Steps));
+            }
             using var controller = s.Edit.Build(sd.Tokenizer, s.Prompts, s.Steps, show ? viewOptions : null);
-            if (show) viewOptions.Validate(Schedulers.Schedulers.Create(s.Scheduler ?? Schedulers.Schedulers.DefaultFor(sd.Scheduler), sd.Scheduler, s.Steps).Timesteps.Count);
             if (xT is null) Console.Error.WriteLine($"seed {seedValue}");
             var result = pipeline.Generate(new GenerationRequest
             {

@@ -81,7 +81,7 @@ public static class SequenceAligner
         var wy = target.Split(' ');
         if (wx.Length != wy.Length)
             throw new UserError($"A word swap (replace) needs prompts with the same number of words, but \"{source}\" has {wx.Length} and \"{target}\" has {wy.Length}. " +
-                                "Use a refinement (\"edit\": \"refine\") to add or remove words.");
+                                "Use a refinement (--edit refine, or \"edit\": \"refine\" in a spec file) to add or remove words.");
         var swapped = Enumerable.Range(0, wy.Length).Where(k => wx[k] != wy[k]).ToList();
         var src = swapped.Select(k => PromptWords.TokenPositions(tokenizer, source, k)).ToList();
         var tgt = swapped.Select(k => PromptWords.TokenPositions(tokenizer, target, k)).ToList();

@@ -21,12 +21,18 @@ public sealed record ModelPlacement(Device Device, ScalarType DType)
             "bfloat16" or "bf16" => ScalarType.BFloat16,
             _ => throw new UserError($"Unknown dtype '{dtype}'. Use float32, float16 or bfloat16."),
         };
-        Device dev;
-        try { dev = torch.device(device); }
-        catch (Exception) { throw new UserError($"Unknown device '{device}'. Use cpu, cuda or cuda:N."); }
-        if (dev.type == DeviceType.CUDA && !cuda.is_available())
-            throw new UserError($"Device '{device}' was requested but CUDA is not available (install the TorchSharp-cuda package and an NVIDIA driver, or use --device cpu).");
-        return new ModelPlacement(dev, type);
+        var match = System.Text.RegularExpressions.Regex.Match(device.Trim().ToLowerInvariant(), @"^(cpu|cuda)(?::(\d+))?$");
+        if (!match.Success || (match.Groups[1].Value == "cpu" && match.Groups[2].Success))
+            throw new UserError($"Unknown device '{device}'. Use cpu, cuda or cuda:N.");
+        if (match.Groups[1].Value == "cpu") return new ModelPlacement(CPU, type);
+        // Checked before torch.device("cuda"), which throws an unhelpful error when libtorch has no CUDA backend.
+        if (!cuda.is_available())
+            throw new UserError($"Device '{device}' was requested but CUDA is not available here: use a TorchSharp-cuda package instead of " +
+                                "TorchSharp-cpu (see Set-up in the README) on a machine with an NVIDIA driver, or use --device cpu.");
+        int index = match.Groups[2].Success ? int.Parse(match.Groups[2].Value) : 0;
+        if (index >= cuda.device_count())
+            throw new UserError($"Device '{device}' does not exist: this machine has {cuda.device_count()} CUDA device(s), cuda:0 to cuda:{cuda.device_count() - 1}.");
+        return new ModelPlacement(torch.device(DeviceType.CUDA, index), type);
     }
 }
 

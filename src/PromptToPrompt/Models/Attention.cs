@@ -10,9 +10,10 @@ public enum UNetPlace { Down, Mid, Up }
 /// <summary>
 /// Identity of one UNet attention layer. <see cref="Path"/> is the diffusers module path
 /// (<c>down_blocks.1.attentions.0.transformer_blocks.0.attn2</c>); <see cref="IndexInPlace"/> counts layers of the
-/// same place and kind (self or cross) in forward order, which is how the reference keys its attention store.
+/// same place and kind (self or cross) in forward order, which is how the reference keys its attention store;
+/// <see cref="Level"/> is the UNet level it works at (0: the latent's own resolution; each level down halves it).
 /// </summary>
-public sealed record AttentionLayer(string Path, UNetPlace Place, bool IsCross, int IndexInPlace, int Heads)
+public sealed record AttentionLayer(string Path, UNetPlace Place, bool IsCross, int IndexInPlace, int Heads, int Level = 0)
 {
     /// <summary>Short name like <c>down_cross_0</c>.</summary>
     public string Name => $"{Place.ToString().ToLowerInvariant()}_{(IsCross ? "cross" : "self")}_{IndexInPlace}";

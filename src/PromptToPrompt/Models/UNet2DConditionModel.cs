@@ -169,7 +169,7 @@ public sealed class UNet2DConditionModel : nn.Module
     {
         var layers = new List<AttentionLayer>();
         var counts = new Dictionary<(UNetPlace, bool), int>();
-        void Add(string prefix, UNetPlace place, ModuleList<Transformer2DModel>? transformers)
+        void Add(string prefix, UNetPlace place, int level, ModuleList<Transformer2DModel>? transformers)
         {
             if (transformers is null) return;
             for (int j = 0; j < transformers.Count; j++)
@@ -181,15 +181,28 @@ public sealed class UNet2DConditionModel : nn.Module
                         int index = counts.GetValueOrDefault((place, cross));
                         counts[(place, cross)] = index + 1;
                         attn.Layer = new AttentionLayer($"{prefix}.attentions.{j}.transformer_blocks.{k}.{name}", place, cross, index,
-                            attn.Heads);
+                            attn.Heads, level);
                         layers.Add(attn.Layer);
                     }
                 }
         }
-        for (int i = 0; i < down_blocks.Count; i++) Add($"down_blocks.{i}", UNetPlace.Down, down_blocks[i].attentions);
-        Add("mid_block", UNetPlace.Mid, mid_block.attentions);
-        for (int i = 0; i < up_blocks.Count; i++) Add($"up_blocks.{i}", UNetPlace.Up, up_blocks[i].attentions);
+        int deepest = down_blocks.Count - 1;
+        for (int i = 0; i < down_blocks.Count; i++) Add($"down_blocks.{i}", UNetPlace.Down, i, down_blocks[i].attentions);
+        Add("mid_block", UNetPlace.Mid, deepest, mid_block.attentions);
+        for (int i = 0; i < up_blocks.Count; i++) Add($"up_blocks.{i}", UNetPlace.Up, deepest - i, up_blocks[i].attentions);
         return layers;
+    }
+
+    /// <summary>
+    /// The grid of queries <paramref name="layer"/> sees for latents of <paramref name="latentHeight"/> x
+    /// <paramref name="latentWidth"/>: each level down applies the stride-2 downsampling convolution's size rule
+    /// (the up blocks upsample back to the same sizes).
+    /// </summary>
+    public (int Height, int Width) QueryGrid(AttentionLayer layer, int latentHeight, int latentWidth)
+    {
+        int Down(int size) => (size + 2 * Config.DownsamplePadding - 3) / 2 + 1;
+        for (int i = 0; i < layer.Level; i++) (latentHeight, latentWidth) = (Down(latentHeight), Down(latentWidth));
+        return (latentHeight, latentWidth);
     }
 
     /// <summary>Predicts the noise (or v) for <paramref name="sample"/> [B, C, h, w] at <paramref name="timestep"/>.</summary>

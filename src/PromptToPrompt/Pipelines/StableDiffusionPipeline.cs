@@ -84,6 +84,10 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         return (w, h);
     }
 
+    /// <summary>UNet evaluations of a run with <paramref name="scheduler"/> (null: the model's own) and <paramref name="steps"/> steps (PNDM makes one more).</summary>
+    public int Evaluations(string? scheduler, int steps) =>
+        Schedulers.Schedulers.Create(scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler), model.Scheduler, steps).Timesteps.Count;
+
     /// <summary>
     /// Initial noise: <c>torch.randn([count, C, h, w], generator=torch.Generator().manual_seed(seed))</c> on the CPU
     /// (bit-identical to PyTorch's CPU generator), then moved to the device.

@@ -12,15 +12,87 @@ namespace PromptToPrompt.Tests.Unit;
 [Collection("conformance")]
 public class AttentionViewTests(ConformanceData data)
 {
-    (AttentionStore Store, GenerationResult Result) Run(AttentionViewOptions views, int steps = 4, int size = 256)
+    (AttentionStore Store, GenerationResult Result) Run(AttentionViewOptions views, int steps = 4, int width = 256, int height = 256)
     {
-        var store = new AttentionStore(1, views.StoreSettings);
+        var store = new AttentionStore(1, views.ForRun(data.Model, width, height, steps).StoreSettings);
         var pipeline = new StableDiffusionPipeline(data.Model);
         var result = pipeline.Generate(new GenerationRequest
         {
-            Prompts = ["a painting of a squirrel eating a burger"], Steps = steps, Seed = 3, Width = size, Height = size, Scheduler = "ddim",
+            Prompts = ["a painting of a squirrel eating a burger"], Steps = steps, Seed = 3, Width = width, Height = height, Scheduler = "ddim",
         }, null, store);
         return (store, result);
+    }
+
+    /// <summary>Records the query grid of every attention call; never asks for probabilities.</summary>
+    sealed class GridRecorder : IAttentionHook
+    {
+        public Dictionary<AttentionLayer, (int Height, int Width)> Seen { get; } = [];
+        public bool Needs(in AttentionCall call) { Seen[call.Layer] = (call.Height, call.Width); return false; }
+        public Tensor Edit(in AttentionCall call, Tensor probabilities) => probabilities;
+    }
+
+    [Theory]
+    [InlineData(64, 64)]
+    [InlineData(13, 10)]
+    public void Query_grids_are_known_before_the_run(int latentHeight, int latentWidth)
+    {
+        var unet = data.Model.UNet;
+        var recorder = new GridRecorder();
+        using (no_grad())
+        using (unet.Hooks.Use(recorder))
+        using (var latents = randn(1, 4, latentHeight, latentWidth))
+        using (var context = zeros(1, 77, 32))
+            unet.forward(latents, tensor(500), context).Dispose();
+        Assert.Equal(unet.AttentionLayers.Count, recorder.Seen.Count);
+        foreach (var layer in unet.AttentionLayers)
+            Assert.Equal(recorder.Seen[layer], unet.QueryGrid(layer, latentHeight, latentWidth));
+    }
+
+    [Fact]
+    public void The_grid_follows_the_image_size_and_defaults_to_the_local_blend_grid()
+    {
+        var square = new AttentionViewOptions();
+        Assert.Equal((16, 16), square.ForRun(data.Model, 512, 512, 10).Grid);          // the reference's res 16 at 512x512
+        Assert.Equal((32, 32), (square with { Resolution = 32 }).ForRun(data.Model, 512, 512, 10).Grid);
+        Assert.Equal((8, 12), square.ForRun(data.Model, 384, 256, 10).Grid);          // 256 high, 384 wide
+        Assert.Equal((16, 24), (square with { Resolution = 16 }).ForRun(data.Model, 384, 256, 10).Grid);
+        Assert.Equal((4, 6), (square with { From = [UNetPlace.Mid] }).ForRun(data.Model, 384, 256, 10).Grid);
+        var error = Assert.Throws<UserError>(() => (square with { Resolution = 12 }).ForRun(data.Model, 384, 256, 10));
+        Assert.Equal("--res 12: no cross-attention layer in up, down has a query grid with 12 on its shorter side at 384x256 pixels. " +
+                     "Use one of: --res 32 (32x48), --res 16 (16x24), --res 8 (8x12).", error.Message);
+    }
+
+    [Fact]
+    public void Views_of_a_wide_image_have_its_shape()
+    {
+        var views = new AttentionViewOptions(PerStep: [1], SelfComponents: 2, CellSize: 32);
+        var (store, result) = Run(views, steps: 2, width: 192, height: 128);
+        using (store)
+        {
+            var resolved = views.ForRun(data.Model, 192, 128, 2);
+            Assert.Equal((4, 6), resolved.Grid);
+            var (tensors, metadata) = AttentionReport.Tensors(store, data.Model.Tokenizer, "a painting of a squirrel eating a burger", 0, resolved);
+            Assert.Equal([77L, 4, 6], tensors["cross_avg"].shape);
+            Assert.Equal([77L, 4, 6], tensors["cross_step_001"].shape);
+            Assert.Equal([2L, 4, 6], tensors["self_components"].shape);
+            Assert.Equal("4x6", metadata["resolution"]);
+            foreach (var t in tensors.Values) t.Dispose();
+            var images = AttentionReport.Images(store, data.Model.Tokenizer, "a painting of a squirrel eating a burger", 0, result.Images[0], resolved);
+            Assert.Equal(["self_components.png", "step_001.png", "tokens.png"], images.Keys.Order());
+        }
+    }
+
+    [Fact]
+    public void Map_cells_keep_the_image_aspect()
+    {
+        using var wide = rand(4, 6, 3);
+        var grid = AttentionReport.TokenGrid(wide, ["a", "b", "c"], null, 60);
+        Assert.Equal(3 * 60 + 4 * 8, grid.Width);                          // three cells of 60 px, 8 px gaps
+        Assert.Equal(40 + BitmapFont.CellHeight + 8 + 2 * 8, grid.Height);  // 60 x 40 cells, a caption line, gaps
+        using var tall = rand(6, 4, 1);
+        grid = AttentionReport.TokenGrid(tall, ["a"], null, 60);
+        Assert.Equal(40 + 2 * 8, grid.Width);
+        Assert.Equal(60 + BitmapFont.CellHeight + 8 + 2 * 8, grid.Height);
     }
 
     [Fact]
@@ -68,7 +140,7 @@ public class AttentionViewTests(ConformanceData data)
             Assert.Contains("mid_cross_0_res_4", names);
             Assert.Contains("up_cross_8_res_32", names);
             var images = AttentionReport.Images(store, data.Model.Tokenizer, "a painting of a squirrel eating a burger", 0, result.Images[0],
-                new AttentionViewOptions(Resolution: 8, PerLayer: true, CellSize: 64));
+                new AttentionViewOptions(Resolution: 8, PerLayer: true, CellSize: 64).ForRun(data.Model, 256, 256, 2));
             Assert.Contains("layer_up_cross_3_res_16.png", images.Keys);
             Assert.Equal(8 * 64 + 9 * 8, images["tokens.png"].Width); // 10 tokens: 8 cells of 64 px per row, 8 px gaps
         }
@@ -95,7 +167,7 @@ public class AttentionViewTests(ConformanceData data)
     [Fact]
     public void Bad_view_options_are_user_errors()
     {
-        Assert.Contains("outside this run's UNet evaluations 0..10", Assert.Throws<UserError>(() => new AttentionViewOptions(PerStep: [11]).Validate(11)).Message);
+        Assert.Contains("outside this run's UNet evaluations 0..10", Assert.Throws<UserError>(() => new AttentionViewOptions(PerStep: [11]).ForRun(data.Model, 256, 256, 11)).Message);
         Assert.Contains("Unknown UNet place 'middle'", Assert.Throws<UserError>(() => AttentionViewOptions.ParsePlaces("up,middle")).Message);
         var (store, _) = Run(new AttentionViewOptions(Resolution: 8), steps: 1);
         using (store)

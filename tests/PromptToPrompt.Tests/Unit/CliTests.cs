@@ -154,7 +154,7 @@ public class EditCliTests
     }
 
     [Theory]
-    [InlineData("--target|a dog riding a red bicycle|--edit|replace", "same number of words")]
+    [InlineData("--target|a dog riding a red bicycle|--edit|replace", "same number of words, but \"a cat riding a bicycle\" has 5 and \"a dog riding a red bicycle\" has 6. Use a refinement (--edit refine")]
     [InlineData("--target|a dog riding a bicycle|--blend|cat;cow", "'cow' is not in the prompt")]
     [InlineData("--target|a dog riding a bicycle|--cross-replace|1.2", "in [0, 1]")]
     [InlineData("--reweight|happy=3", "'happy' is not in the prompt")]
