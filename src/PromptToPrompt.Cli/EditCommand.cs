@@ -102,6 +102,7 @@ static class EditCommand
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
             TorchSharp.torch.Tensor? xT = initial, nullEmbeddings = null;
             InversionResult? fresh = null;
+            RgbImage? input = null;
             if (inversionFile is not null)
             {
                 inversionFile.CheckCompatible(sd, s.Steps);
@@ -111,6 +112,7 @@ static class EditCommand
             {
                 var settings = new InversionSettings(photo.ParseMethod(r), s.Steps, r.GetValue(photo.InnerSteps) ?? 10, s.GuidanceScale);
                 fresh = InvertCommand.Run(pipeline, imagePath, s.Prompts[0], settings, photo.ParseFit(r), s.Width, s.Height, out var fitted, out var rec);
+                input = fitted;
                 double psnr = Inversion.Psnr(fitted, rec);
                 Console.Error.WriteLine($"reconstruction PSNR {psnr:F2} dB against the input photo");
                 if (saveInversionPath is not null)
@@ -144,7 +146,10 @@ static class EditCommand
                     Png.Save(files[i], result.Images[i], new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i], ["role"] = i == 0 ? "source" : $"target {i}" });
                     Console.WriteLine(files[i]);
                 }
-                Png.Save(files[^1], Grid.WithCaptions(result.Images, s.Prompts), text);
+                // Editing a photo: the grid starts with the photo as inverted (fitted), so the reconstruction and the
+                // edits can be compared with it.
+                Png.Save(files[^1], input is null ? Grid.WithCaptions(result.Images, s.Prompts)
+                    : Grid.WithCaptions([input, .. result.Images], ["input photo", .. s.Prompts]), text);
                 Console.WriteLine(files[^1]);
                 if (show)
                     for (int i = 0; i < s.Prompts.Count; i++)

@@ -19,10 +19,15 @@ static class EvalShapesCommand
         var self = new Option<double>("--self-replace") { Description = "self_replace_steps of the word swaps.", DefaultValueFactory = _ => 0.4 };
         var blend = new Option<double>("--blend-threshold") { Description = "Local-blend mask threshold of the blended edits.", DefaultValueFactory = _ => 0.3 };
         var show = new Option<string?>("--save-edits") { Description = "Folder to write one captioned grid per word-swap sample (source, edit, plain regeneration, edit with local blend)." };
+        var inversion = new Option<int>("--inversion-samples")
+        {
+            Description = "Scenes to invert with DDIM, negative-prompt and null-text inversion, for their reconstruction PSNR (0: skip).",
+            DefaultValueFactory = _ => 5,
+        };
         var modelOptions = CliSupport.ModelOptions.Create();
         var command = new Command("eval-shapes", "Measure the shapes model: colour accuracy, word-swap mask IoU with and without injection, local blend.")
         {
-            model, samples, seed, steps, guidance, cross, self, blend, show,
+            model, samples, seed, steps, guidance, cross, self, blend, show, inversion,
         };
         foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
@@ -39,6 +44,12 @@ static class EvalShapesCommand
             var report = evaluation.Run(r.GetValue(samples), r.GetValue(seed), new Progress<string>(s => Console.Error.Write($"\r{s}   ")), save);
             Console.Error.WriteLine();
             Console.WriteLine(report.ToTable());
+            if (r.GetValue(inversion) is > 0 and var n)
+            {
+                var inverted = evaluation.MeasureInversion(n, r.GetValue(seed), new Progress<string>(s => Console.Error.Write($"\r{s}   ")));
+                Console.Error.WriteLine();
+                Console.WriteLine(inverted.ToTable());
+            }
             return 0;
         }));
         return command;

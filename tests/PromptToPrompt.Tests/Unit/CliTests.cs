@@ -231,5 +231,7 @@ public class InversionCliTests
         Assert.Contains(dir.File("inv.safetensors"), stdout);
         using var inv = new SafetensorsFile(dir.File("inv.safetensors"));
         Assert.Equal("pad", inv.Metadata["fit"]);
+        // The grid shows the photo as inverted, the reconstruction and the edit: three 64 px images shown at 192 px.
+        Assert.Equal(3 * 192 + 4 * 8, RgbImage.Load(Path.Combine(dir.File("edit"), "grid.png")).Width);
     }
 }

@@ -1,3 +1,4 @@
+using PromptToPrompt.Control;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Pipelines;
 using PromptToPrompt.Training;
@@ -35,6 +36,41 @@ public class ShippedModelTests(ITestOutputHelper output)
         Assert.True(report.SwapIoUWithInjection >= report.SwapIoUWithoutInjection + 0.2,
             $"word-swap mask IoU with injection {report.SwapIoUWithInjection:0.00} is not clearly above plain regeneration's {report.SwapIoUWithoutInjection:0.00}");
         Assert.True(report.VaeReconstructionError < 10, $"the VAE changes a scene by {report.VaeReconstructionError:0.0} of 255 on average");
+    }
+
+    [Fact]
+    public void Null_text_inversion_reconstructs_scenes_the_model_never_drew()
+    {
+        using var model = StableDiffusionModel.Load(Folder, ModelPlacement.Cpu);
+        var report = new ShapesEvaluation(new StableDiffusionPipeline(model)).MeasureInversion(samples: 3, seed: 0);
+        output.WriteLine(report.ToTable());
+        // Null-text inversion (Mokady et al.) comes back nearly as exactly as the VAE allows; plain DDIM inversion under
+        // guidance drifts; negative-prompt inversion lies between.
+        Assert.True(report.NullText >= report.Vae - 1, $"null-text reconstruction {report.NullText:0.0} dB is more than 1 dB below the VAE's {report.Vae:0.0} dB");
+        Assert.True(report.NullText >= report.Ddim + 4, $"null-text reconstruction {report.NullText:0.0} dB is not clearly above DDIM's {report.Ddim:0.0} dB");
+        Assert.True(report.NegativePrompt >= report.Ddim + 3, $"negative-prompt reconstruction {report.NegativePrompt:0.0} dB is not clearly above DDIM's {report.Ddim:0.0} dB");
+    }
+
+    [Fact]
+    public void Local_blend_keeps_the_source_latents_exactly_outside_the_mask()
+    {
+        using var model = StableDiffusionModel.Load(Folder, ModelPlacement.Cpu);
+        var pipeline = new StableDiffusionPipeline(model);
+        string[] prompts = ["a small red circle on a white background", "a small blue circle on a white background"];
+        double ExactlyKept(LocalBlend? blend)
+        {
+            using var swap = new AttentionReplace(model.Tokenizer, prompts, 10, new EditSchedule(0.8, StepWindow.Until(0.4)), blend);
+            using var latents = pipeline.Generate(new GenerationRequest { Prompts = prompts, Steps = 10, Seed = 4, Scheduler = "ddim" }, null, swap).Latents;
+            // A latent pixel is kept when all its channels equal the source's bit for bit.
+            using var same = latents[0].eq(latents[1]).all(0);
+            return same.to(TorchSharp.torch.ScalarType.Float32).mean().item<float>();
+        }
+        double withBlend = ExactlyKept(new LocalBlend(model.Tokenizer, prompts, new LocalBlendOptions([["circle"], ["circle"]], 0.3), 10));
+        double without = ExactlyKept(null);
+        output.WriteLine($"latent pixels equal to the source's: {withBlend:P0} with local blend, {without:P0} without");
+        Assert.True(withBlend >= 0.5, $"only {withBlend:P0} of the latent pixels kept the source's values with a local blend on a small circle");
+        Assert.True(withBlend < 1, "the blended edit changed nothing");
+        Assert.Equal(0, without);
     }
 
     [Fact]
