@@ -15,7 +15,7 @@ static class AttentionCommand
         var prompt = new Option<string>("--prompt", "-p") { Description = "Prompt.", Required = true };
         var sampling = CliSupport.SamplingOptions.Create();
         var view = ViewOptions.Create();
-        var saveMaps = new Option<string?>("--save-maps") { Description = "Write the raw maps as tensors (cross_avg [tokens, R, R], and per step / layer / components when asked)." };
+        var saveMaps = new Option<string?>("--save-maps") { Description = "Write the raw maps as tensors (cross_avg [tokens, H, W] on the --res grid, and per step / layer / components when asked)." };
         var overwrite = CliSupport.Overwrite();
         var output = new Option<string>("--out", "-o") { Description = "Output folder: image.png, tokens.png, step_NNN.png, layer_*.png, self_components.png.", Required = true };
         var modelOptions = CliSupport.ModelOptions.Create();
@@ -83,7 +83,7 @@ sealed record ViewOptions(Option<int?> Res, Option<string> From, Option<string?>
         new Option<string?>("--per-step") { Description = "UNet evaluations to show one by one, e.g. 0,5,10,25,50." },
         new Option<bool>("--per-layer") { Description = "Also show each cross-attention layer (averaged over steps)." },
         new Option<int>("--self-components") { Description = "Show the top K principal components of the self-attention at R." },
-        new Option<int>("--cell-size") { Description = "Pixel size of each map in the grids.", DefaultValueFactory = _ => 256 },
+        new Option<int>("--cell-size") { Description = "Pixel size of the longer side of each map in the grids.", DefaultValueFactory = _ => 256 },
         new Option<bool>("--full-precision") { Description = "Keep per-step maps in float32 instead of float16 (twice the memory)." });
 
     public IEnumerable<Option> All => [Res, From, PerStep, PerLayer, SelfComponents, CellSize, FullPrecision];

@@ -25,13 +25,15 @@ static class EvalShapesCommand
             DefaultValueFactory = _ => 5,
         };
         var modelOptions = CliSupport.ModelOptions.Create();
-        var command = new Command("eval-shapes", "Measure the shapes model: colour accuracy, word-swap mask IoU with and without injection, local blend.")
+        var command = new Command("eval-shapes", "Measure the shapes model: colour accuracy, word-swap mask IoU with and without injection, local blend, VAE and inversion reconstruction.")
         {
             model, samples, seed, steps, guidance, cross, self, blend, show, inversion,
         };
         foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
+            if (r.GetValue(samples) < 1) throw new UserError($"--samples must be at least 1; got {r.GetValue(samples)}.");
+            if (r.GetValue(inversion) < 0) throw new UserError($"--inversion-samples must be 0 (skip) or more; got {r.GetValue(inversion)}.");
             using var sd = modelOptions.Load(r, r.GetValue(model));
             var evaluation = new ShapesEvaluation(new StableDiffusionPipeline(sd, CliSupport.Warn), r.GetValue(steps), r.GetValue(guidance),
                 r.GetValue(cross), r.GetValue(self), r.GetValue(blend));

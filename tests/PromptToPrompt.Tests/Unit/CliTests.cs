@@ -90,6 +90,17 @@ public class CliTests
         Assert.Contains("error: Give exactly one of --model and --architecture.", none.Err);
     }
 
+    [Theory]
+    [InlineData("--samples|0", "error: --samples must be at least 1; got 0.")]
+    [InlineData("--inversion-samples|-2", "error: --inversion-samples must be 0 (skip) or more; got -2.")]
+    public void Eval_shapes_refuses_sample_counts_out_of_range(string extra, string message)
+    {
+        var (code, stdout, stderr) = RunP2P(["eval-shapes", .. extra.Split('|')]);
+        Assert.Equal(1, code);
+        Assert.Equal(message, stderr.Trim());
+        Assert.Empty(stdout);
+    }
+
     [Fact]
     public void Existing_outputs_are_not_replaced_without_overwrite()
     {
