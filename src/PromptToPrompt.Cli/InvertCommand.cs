@@ -84,14 +84,9 @@ static class InvertCommand
     {
         var (w, h) = pipeline.ResolveSize(width, height, null);
         fitted = ImageInput.Load(imagePath, w, h, fit);
-        var result = new Inversion(pipeline).Invert(fitted, prompt, settings, new ConsoleProgress("inversion"), CliSupport.Cancellation);
-        var rec = pipeline.Generate(new GenerationRequest
-        {
-            Prompts = [prompt], Steps = settings.Steps, GuidanceScale = settings.GuidanceScale, Scheduler = "ddim",
-            InitialLatent = result.XT, UnconditionalEmbeddings = result.NullEmbeddings,
-        }, new ConsoleProgress("reconstruction"), null, CliSupport.Cancellation);
-        rec.Latents.Dispose();
-        reconstruction = rec.Images[0];
+        var inversion = new Inversion(pipeline);
+        var result = inversion.Invert(fitted, prompt, settings, new ConsoleProgress("inversion"), CliSupport.Cancellation);
+        reconstruction = inversion.Reconstruct(result, new ConsoleProgress("reconstruction"), CliSupport.Cancellation);
         return result;
     }
 }

@@ -29,7 +29,8 @@ public sealed record ModelPlacement(Device Device, ScalarType DType)
         if (!cuda.is_available())
             throw new UserError($"Device '{device}' was requested but CUDA is not available here: use a TorchSharp-cuda package instead of " +
                                 "TorchSharp-cpu (see Set-up in the README) on a machine with an NVIDIA driver, or use --device cpu.");
-        int index = match.Groups[2].Success ? int.Parse(match.Groups[2].Value) : 0;
+        int index = 0;
+        if (match.Groups[2].Success && !int.TryParse(match.Groups[2].Value, out index)) index = int.MaxValue;
         if (index >= cuda.device_count())
             throw new UserError($"Device '{device}' does not exist: this machine has {cuda.device_count()} CUDA device(s), cuda:0 to cuda:{cuda.device_count() - 1}.");
         return new ModelPlacement(torch.device(DeviceType.CUDA, index), type);

@@ -162,6 +162,18 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
         return stack(result.ToArray());
     }
 
+    /// <summary>Samples the inverted image back: its prompt, x_T and per-step null embeddings, DDIM, its steps and guidance.</summary>
+    public RgbImage Reconstruct(InversionResult inverted, IProgress<StepProgress>? progress = null, CancellationToken cancel = default)
+    {
+        var result = pipeline.Generate(new GenerationRequest
+        {
+            Prompts = [inverted.Prompt], Steps = inverted.Settings.Steps, GuidanceScale = inverted.Settings.GuidanceScale, Scheduler = "ddim",
+            InitialLatent = inverted.XT, UnconditionalEmbeddings = inverted.NullEmbeddings,
+        }, progress, null, cancel);
+        result.Latents.Dispose();
+        return result.Images[0];
+    }
+
     /// <summary>Peak signal-to-noise ratio (dB) between two images of the same size.</summary>
     public static double Psnr(RgbImage a, RgbImage b)
     {

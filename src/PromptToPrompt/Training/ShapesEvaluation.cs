@@ -108,11 +108,15 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
         for (int i = 0; i < samples; i++)
         {
             var image = scenes.Generate(seed, i).Image;
-            using var latents = pipeline.Encode(image.ToTensor());
-            var decoded = pipeline.Decode(latents)[0];
-            sum += image.Pixels.Zip(decoded.Pixels, (a, b) => Math.Abs(a - b)).Average();
+            sum += image.Pixels.Zip(ThroughVae(image).Pixels, (a, b) => Math.Abs(a - b)).Average();
         }
         return sum / samples;
+    }
+
+    RgbImage ThroughVae(RgbImage image)
+    {
+        using var latents = pipeline.Encode(image.ToTensor());
+        return pipeline.Decode(latents)[0];
     }
 
     /// <summary>
@@ -123,22 +127,16 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
     {
         var scenes = new Scenes(pipeline.Model.DefaultImageSize);
         var methods = new[] { InversionMethod.Ddim, InversionMethod.NegativePrompt, InversionMethod.NullText };
+        var inversion = new Inversion(pipeline);
         var sums = new double[methods.Length + 1];
         for (int i = 0; i < samples; i++)
         {
             var scene = scenes.Generate(seed + 500, i);
-            using (var latents = pipeline.Encode(scene.Image.ToTensor()))
-                sums[0] += Inversion.Psnr(scene.Image, pipeline.Decode(latents)[0]);
+            sums[0] += Inversion.Psnr(scene.Image, ThroughVae(scene.Image));
             for (int m = 0; m < methods.Length; m++)
             {
-                using var inverted = new Inversion(pipeline).Invert(scene.Image, scene.Caption, new InversionSettings(methods[m], steps, 10, guidance));
-                var reconstruction = pipeline.Generate(new GenerationRequest
-                {
-                    Prompts = [scene.Caption], Steps = steps, GuidanceScale = guidance, Scheduler = "ddim",
-                    InitialLatent = inverted.XT, UnconditionalEmbeddings = inverted.NullEmbeddings,
-                });
-                reconstruction.Latents.Dispose();
-                sums[m + 1] += Inversion.Psnr(scene.Image, reconstruction.Images[0]);
+                using var inverted = inversion.Invert(scene.Image, scene.Caption, new InversionSettings(methods[m], steps, 10, guidance));
+                sums[m + 1] += Inversion.Psnr(scene.Image, inversion.Reconstruct(inverted));
             }
             progress?.Report($"inversion {i + 1}/{samples}");
         }
