@@ -14,6 +14,8 @@ public interface IDenoisingObserver
     Tensor OnStepEnd(int stepIndex, Tensor latents);
 }
 
+/// <summary>What a pipeline run is controlled by: an attention hook that also observes the denoising steps.</summary>
+public interface IRunController : IAttentionHook, IDenoisingObserver;
 
 /// <summary>
 /// Base of every attention controller: a per-run object installed as the UNet's attention hook and as the
@@ -21,7 +23,7 @@ public interface IDenoisingObserver
 /// batch only (rows <c>[N*heads, 2N*heads)</c> of <c>[uncond_0..uncond_{N-1}, cond_0..cond_{N-1}]</c>), reshaped to
 /// <c>[N, heads, queries, keys]</c> with prompt 0 the source; the unconditional half is never touched.
 /// </summary>
-public abstract class AttentionController(int promptCount) : IAttentionHook, IDenoisingObserver, IDisposable
+public abstract class AttentionController(int promptCount) : IRunController, IDisposable
 {
     /// <summary>Number of prompts in the batch (source plus targets).</summary>
     public int PromptCount { get; } = promptCount;

@@ -13,7 +13,8 @@ public enum UNetPlace { Down, Mid, Up }
 /// same place and kind (self or cross) in forward order, which is how the reference keys its attention store;
 /// <see cref="Level"/> is the UNet level it works at (0: the latent's own resolution; each level down halves it).
 /// </summary>
-public sealed record AttentionLayer(string Path, UNetPlace Place, bool IsCross, int IndexInPlace, int Heads, int Level = 0)
+/// <see cref="HeadDim"/> is each head's width and <see cref="Upcast"/> whether its scores are computed in float32.
+public sealed record AttentionLayer(string Path, UNetPlace Place, bool IsCross, int IndexInPlace, int Heads, int Level = 0, int HeadDim = 0, bool Upcast = false)
 {
     /// <summary>Short name like <c>down_cross_0</c>.</summary>
     public string Name => $"{Place.ToString().ToLowerInvariant()}_{(IsCross ? "cross" : "self")}_{IndexInPlace}";
@@ -35,6 +36,12 @@ public interface IAttentionHook
 {
     bool Needs(in AttentionCall call);
     Tensor Edit(in AttentionCall call, Tensor probabilities);
+
+    /// <summary>
+    /// Sees every call's queries and keys ([B, heads, L, d], before the softmax), whether or not the probabilities are
+    /// needed: for hooks that keep them to recompute the maps later (the source cache). Default: nothing.
+    /// </summary>
+    void OnQueryKey(in AttentionCall call, Tensor queries, Tensor keys) { }
 }
 
 /// <summary>Holds the hook of the current run; shared by all attention layers of one UNet. Never global.</summary>
@@ -70,6 +77,8 @@ public sealed class Attention : nn.Module
 
     public AttentionLayer? Layer { get; internal set; }
     public int Heads => _heads;
+    public int HeadDim { get; }
+    public bool Upcast => _upcast;
 
     public Attention(int queryDim, int contextDim, int heads, int headDim, bool upcast, AttentionHookSlot slot) : base("attention")
     {
@@ -79,6 +88,7 @@ public sealed class Attention : nn.Module
         to_v = nn.Linear(contextDim, inner, hasBias: false);
         to_out = nn.ModuleList<nn.Module>(nn.Linear(inner, queryDim), nn.Dropout(0));
         _heads = heads;
+        HeadDim = headDim;
         _upcast = upcast;
         _slot = slot;
         RegisterComponents();
@@ -95,6 +105,7 @@ public sealed class Attention : nn.Module
         var v = SplitHeads(to_v.forward(kv));
         var hook = _slot.Current;
         var call = new AttentionCall(Layer!, height, width, (int)kv.shape[1]);
+        hook?.OnQueryKey(call, q, k);
         Tensor o = hook is not null && hook.Needs(call)
             ? WithProbabilities(q, k, v, call, hook)
             : Fused(q, k, v, _upcast);
@@ -117,15 +128,22 @@ public sealed class Attention : nn.Module
     Tensor WithProbabilities(Tensor q, Tensor k, Tensor v, AttentionCall call, IAttentionHook hook)
     {
         long b = q.shape[0], h = q.shape[1], lq = q.shape[2], d = q.shape[3];
-        double scale = 1.0 / Math.Sqrt(d);
+        var probs = hook.Edit(call, Probabilities(q, k, _upcast));
+        return bmm(probs.to(q.dtype), v.reshape(b * h, -1, d)).reshape(b, h, lq, d);
+    }
+
+    /// <summary>
+    /// <c>softmax(QK^T / sqrt(d))</c> of [B, heads, L, d] queries and keys as [B*heads, Lq, Lk], in the queries' dtype
+    /// (scores in float32 when <paramref name="upcast"/>). The one place the maps are computed, so that maps recomputed
+    /// from cached queries and keys equal the ones a batched run computes.
+    /// </summary>
+    public static Tensor Probabilities(Tensor q, Tensor k, bool upcast)
+    {
+        long b = q.shape[0], h = q.shape[1], lq = q.shape[2], d = q.shape[3];
         var q3 = q.reshape(b * h, lq, d);
         var k3 = k.reshape(b * h, -1, d);
-        var v3 = v.reshape(b * h, -1, d);
-        var dtype = q.dtype;
-        if (_upcast) { q3 = q3.to(ScalarType.Float32); k3 = k3.to(ScalarType.Float32); }
-        var probs = (matmul(q3, k3.transpose(1, 2)) * scale).softmax(-1).to(dtype);
-        probs = hook.Edit(call, probs);
-        return bmm(probs.to(dtype), v3).reshape(b, h, lq, d);
+        if (upcast) { q3 = q3.to(ScalarType.Float32); k3 = k3.to(ScalarType.Float32); }
+        return (matmul(q3, k3.transpose(1, 2)) * (1.0 / Math.Sqrt(d))).softmax(-1).to(q.dtype);
     }
 
     Tensor SplitHeads(Tensor t) => t.view(t.shape[0], t.shape[1], _heads, -1).transpose(1, 2);

@@ -181,7 +181,7 @@ public sealed class UNet2DConditionModel : nn.Module
                         int index = counts.GetValueOrDefault((place, cross));
                         counts[(place, cross)] = index + 1;
                         attn.Layer = new AttentionLayer($"{prefix}.attentions.{j}.transformer_blocks.{k}.{name}", place, cross, index,
-                            attn.Heads, level);
+                            attn.Heads, level, attn.HeadDim, attn.Upcast);
                         layers.Add(attn.Layer);
                     }
                 }

@@ -17,6 +17,11 @@ public enum InversionMethod
     NullText,
     /// <summary>Miyake et al. 2023: no optimisation; the source prompt's embedding serves as the unconditional one.</summary>
     NegativePrompt,
+    /// <summary>
+    /// Ju et al. 2023 (PnP Inversion, "direct inversion"): no optimisation; the source branch is put back onto the
+    /// DDIM-inverted trajectory after every sampling step, so it reconstructs the photo's latent exactly.
+    /// </summary>
+    Direct,
 }
 
 /// <summary>Settings of an inversion (the reference's defaults: 50 steps, 10 inner steps, guidance 7.5, epsilon 1e-5).</summary>
@@ -94,7 +99,7 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
 
         Tensor nullEmbeddings = settings.Method switch
         {
-            InversionMethod.Ddim => empty.unsqueeze(0).expand(n, -1, -1, -1).contiguous(),
+            InversionMethod.Ddim or InversionMethod.Direct => empty.unsqueeze(0).expand(n, -1, -1, -1).contiguous(),
             InversionMethod.NegativePrompt => cond.unsqueeze(0).expand(n, -1, -1, -1).contiguous(),
             _ => OptimizeNullText(trajectory, cond, empty, scheduler, settings, progress, clock, cancel),
         };
@@ -165,6 +170,8 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
     /// <summary>Samples the inverted image back: its prompt, x_T and per-step null embeddings, DDIM, its steps and guidance.</summary>
     public RgbImage Reconstruct(InversionResult inverted, IProgress<StepProgress>? progress = null, CancellationToken cancel = default)
     {
+        // Direct inversion puts the source back onto the trajectory after every step, the last time onto index 0.
+        if (inverted.Settings.Method == InversionMethod.Direct) return pipeline.Decode(inverted.DdimLatents[0])[0];
         var result = pipeline.Generate(new GenerationRequest
         {
             Prompts = [inverted.Prompt], Steps = inverted.Settings.Steps, GuidanceScale = inverted.Settings.GuidanceScale, Scheduler = "ddim",

@@ -12,7 +12,8 @@ namespace PromptToPrompt.Pipelines;
 /// sampling step, in sampling order), and in <c>__metadata__</c> the prompt, every setting, the model's name and
 /// fingerprint, and the photo's SHA-256.
 /// </summary>
-public sealed record InversionFile(Tensor XT, Tensor NullEmbeddings, IReadOnlyDictionary<string, string> Metadata) : IDisposable
+/// A direct inversion also keeps <c>ddim_latents</c> [steps + 1, C, h, w], the trajectory its source is put back onto.
+public sealed record InversionFile(Tensor XT, Tensor NullEmbeddings, IReadOnlyDictionary<string, string> Metadata, Tensor? DdimLatents = null) : IDisposable
 {
     public const string Format = "p2p-inversion/1";
 
@@ -36,7 +37,7 @@ public sealed record InversionFile(Tensor XT, Tensor NullEmbeddings, IReadOnlyDi
         {
             ["format"] = Format,
             ["prompt"] = result.Prompt,
-            ["method"] = s.Method switch { InversionMethod.NullText => "null-text", InversionMethod.NegativePrompt => "negative-prompt", _ => "ddim" },
+            ["method"] = MethodName(s.Method),
             ["steps"] = s.Steps.ToString(inv),
             ["inner_steps"] = s.InnerSteps.ToString(inv),
             ["guidance_scale"] = s.GuidanceScale.ToString("R", inv),
@@ -52,8 +53,16 @@ public sealed record InversionFile(Tensor XT, Tensor NullEmbeddings, IReadOnlyDi
             ["reconstruction_psnr_db"] = psnr.ToString("F2", inv),
         };
         using var embeddings = result.NullEmbeddings.squeeze(1);
-        SafetensorsFile.Write(path, new Dictionary<string, Tensor> { ["x_T"] = result.XT, ["null_embeddings"] = embeddings }, metadata);
+        var tensors = new Dictionary<string, Tensor> { ["x_T"] = result.XT, ["null_embeddings"] = embeddings };
+        using var ddim = s.Method == InversionMethod.Direct ? result.DdimLatents.squeeze(1) : null;
+        if (ddim is not null) tensors["ddim_latents"] = ddim;
+        SafetensorsFile.Write(path, tensors, metadata);
     }
+
+    public static string MethodName(InversionMethod m) => m switch
+    {
+        InversionMethod.NullText => "null-text", InversionMethod.NegativePrompt => "negative-prompt", InversionMethod.Direct => "direct", _ => "ddim",
+    };
 
     public static InversionFile Load(string path)
     {
@@ -66,9 +75,14 @@ public sealed record InversionFile(Tensor XT, Tensor NullEmbeddings, IReadOnlyDi
                 throw new UserError($"{path} lacks the '{key}' metadata of an inversion file. Make it again with p2p invert.");
         var xT = file.Read("x_T").to(ScalarType.Float32);
         var nulls = file.Read("null_embeddings").to(ScalarType.Float32);
-        var result = new InversionFile(xT, nulls, file.Metadata);
-        if (xT.dim() != 4 || xT.shape[0] != 1 || nulls.dim() != 3 || nulls.shape[0] != result.Steps)
-            throw new UserError($"{path}: x_T [{string.Join(",", xT.shape)}] or null_embeddings [{string.Join(",", nulls.shape)}] do not fit {result.Steps} steps. The file is corrupt: invert again.");
+        bool direct = file.Metadata.GetValueOrDefault("method") == "direct";
+        if (direct && !file.Entries.ContainsKey("ddim_latents"))
+            throw new UserError($"{path} is a direct inversion without its trajectory (tensor 'ddim_latents'). Invert the photo again.");
+        var ddim = direct ? file.Read("ddim_latents").to(ScalarType.Float32) : null;
+        var result = new InversionFile(xT, nulls, file.Metadata, ddim);
+        if (xT.dim() != 4 || xT.shape[0] != 1 || nulls.dim() != 3 || nulls.shape[0] != result.Steps
+            || (ddim is not null && (ddim.dim() != 4 || ddim.shape[0] != result.Steps + 1 || !ddim.shape[1..].SequenceEqual(xT.shape[1..]))))
+            throw new UserError($"{path}: x_T [{string.Join(",", xT.shape)}], null_embeddings [{string.Join(",", nulls.shape)}] or ddim_latents do not fit {result.Steps} steps. The file is corrupt: invert again.");
         return result;
     }
 
@@ -86,5 +100,6 @@ public sealed record InversionFile(Tensor XT, Tensor NullEmbeddings, IReadOnlyDi
     {
         XT.Dispose();
         NullEmbeddings.Dispose();
+        DdimLatents?.Dispose();
     }
 }

@@ -180,7 +180,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
     /// each prompt gets its own noise (as diffusers draws it); with one, all prompts share one x_T
     /// (<c>[1, C, h, w]</c>, broadcast), as the reference's <c>text2image_ldm_stable</c> does.
     /// </summary>
-    public GenerationResult Generate(GenerationRequest request, IProgress<StepProgress>? progress = null, AttentionController? controller = null,
+    public GenerationResult Generate(GenerationRequest request, IProgress<StepProgress>? progress = null, IRunController? controller = null,
                                      CancellationToken cancel = default)
     {
         if (request.Prompts.Count == 0) throw new UserError("Give at least one prompt.");

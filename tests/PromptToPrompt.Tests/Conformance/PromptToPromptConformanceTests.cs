@@ -23,7 +23,7 @@ public class PromptToPromptConformanceTests(ConformanceData data, ITestOutputHel
         Directory.GetFiles(Path.Combine(ConformanceData.Require(), "golden", "p2p"), "*.json").Select(f => new object[] { Path.GetFileNameWithoutExtension(f) }).OrderBy(c => c[0]);
 
     /// <summary>Translates the manifest's description of the reference controller into our spec format.</summary>
-    static EditSpec SpecOf(JsonElement manifest)
+    internal static EditSpec SpecOf(JsonElement manifest)
     {
         var c = JsonNode.Parse(manifest.GetProperty("controller").GetRawText())!.AsObject();
         var root = new JsonObject
@@ -86,7 +86,7 @@ public class PromptToPromptConformanceTests(ConformanceData data, ITestOutputHel
         }
     }
 
-    static void CheckControllerState(AttentionStore controller, SafetensorsFile golden)
+    internal static void CheckControllerState(AttentionStore controller, SafetensorsFile golden)
     {
         if (controller is not AttentionEdit edit) return;
         TensorAssert.Equal(golden.Read("controller/cross_replace_alpha"), edit.CrossReplaceAlpha, "cross_replace_alpha");

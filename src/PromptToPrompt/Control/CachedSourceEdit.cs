@@ -1,0 +1,74 @@
+using PromptToPrompt.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PromptToPrompt.Control;
+
+/// <summary>
+/// Runs edits with the source taken from a <see cref="SourceTrajectory"/>: the batch holds the targets only
+/// (<c>[uncond_targets, cond_targets]</c>), and each edit's controller — built for <c>[source, its targets]</c> as in a
+/// batched run — sees the source's cached maps and latents in row 0. Several edits (each with its own schedule,
+/// mappers and blend) share one batch: edit g owns <see cref="Group.Targets"/> consecutive rows.
+/// </summary>
+public sealed class CachedSourceEdit(SourceTrajectory source, IReadOnlyList<CachedSourceEdit.Group> groups) : IRunController
+{
+    /// <summary>An edit's controller (over its source and targets) and how many batch rows (targets) it owns.</summary>
+    public sealed record Group(AttentionController Controller, int Targets);
+
+    readonly int _targets = groups.Sum(g => g.Targets);
+    int _step;
+
+    public bool Needs(in AttentionCall call)
+    {
+        foreach (var g in groups)
+            if (g.Controller.Needs(call)) return true;
+        return false;
+    }
+
+    public Tensor Edit(in AttentionCall call, Tensor probabilities)
+    {
+        int heads = call.Layer.Heads;
+        long rows = probabilities.shape[0];
+        Tensor? uncond = null, cond = probabilities;
+        if (rows == 2L * _targets * heads)
+        {
+            var halves = probabilities.split([_targets * heads, _targets * heads], 0);
+            (uncond, cond) = (halves[0], halves[1]);
+        }
+        else if (rows != (long)_targets * heads)
+            throw new InvalidOperationException($"Attention batch of {rows / heads} does not match the {_targets} cached-source targets.");
+        var sourceMaps = source.Maps(_step, call.Layer, probabilities.dtype);
+        var parts = new List<Tensor>();
+        int offset = 0;
+        foreach (var g in groups)
+        {
+            var own = cond[(offset * heads)..((offset + g.Targets) * heads)];
+            offset += g.Targets;
+            if (!g.Controller.Needs(call)) { parts.Add(own); continue; }
+            var edited = g.Controller.Edit(call, cat([sourceMaps, own], 0));
+            parts.Add(edited[heads..]);
+        }
+        var result = cat(parts, 0);
+        return uncond is null ? result : cat([uncond, result], 0);
+    }
+
+    public void OnStepStart(int stepIndex, int totalSteps)
+    {
+        _step = stepIndex;
+        foreach (var g in groups) g.Controller.OnStepStart(stepIndex, totalSteps);
+    }
+
+    public Tensor OnStepEnd(int stepIndex, Tensor latents)
+    {
+        var src = source.Latents[stepIndex..(stepIndex + 1)].to(latents.device);
+        var parts = new List<Tensor>();
+        int offset = 0;
+        foreach (var g in groups)
+        {
+            var own = latents[offset..(offset + g.Targets)];
+            offset += g.Targets;
+            parts.Add(g.Controller.OnStepEnd(stepIndex, cat([src, own], 0))[1..]);
+        }
+        return cat(parts, 0);
+    }
+}

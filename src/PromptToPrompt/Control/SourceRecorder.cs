@@ -1,0 +1,56 @@
+using PromptToPrompt.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PromptToPrompt.Control;
+
+/// <summary>
+/// Records a source run (one prompt, batch <c>[uncond, cond]</c> or <c>[cond]</c> without guidance) into a
+/// <see cref="SourceTrajectory"/>: the conditional maps of the layers kept as maps, the conditional queries (and keys)
+/// of the others, and the latents after each step. It changes nothing in the run, except for direct inversion:
+/// given the DDIM-inverted trajectory, it puts the source latent back onto it after every step (Ju et al. 2023).
+/// </summary>
+public sealed class SourceRecorder(SourceTrajectory trajectory, Tensor? putBack = null) : IRunController
+{
+    int _step;
+
+    public bool Needs(in AttentionCall call) =>
+        trajectory.Has(call.Layer) && trajectory.Entry(call.Layer).Record.Kind == SourceRecordKind.Maps;
+
+    public Tensor Edit(in AttentionCall call, Tensor probabilities)
+    {
+        int heads = call.Layer.Heads;
+        var (_, data, _) = trajectory.Entry(call.Layer);
+        // The conditional half is the last `heads` rows.
+        data[_step].copy_(probabilities[^heads..]);
+        return probabilities;
+    }
+
+    public void OnQueryKey(in AttentionCall call, Tensor queries, Tensor keys)
+    {
+        if (!trajectory.Has(call.Layer)) return;
+        var (record, data, kept) = trajectory.Entry(call.Layer);
+        switch (record.Kind)
+        {
+            case SourceRecordKind.Queries:
+                data[_step].copy_(queries[^1]);
+                if (_step == 0) kept![0].copy_(keys[^1]);
+                break;
+            case SourceRecordKind.QueriesAndKeys:
+                data[_step].copy_(queries[^1]);
+                kept![_step].copy_(keys[^1]);
+                break;
+        }
+    }
+
+    public void OnStepStart(int stepIndex, int totalSteps) => _step = stepIndex;
+
+    /// <param name="latents">[1, C, h, w] after the scheduler step.</param>
+    public Tensor OnStepEnd(int stepIndex, Tensor latents)
+    {
+        if (putBack is not null) latents = putBack[putBack.shape[0] - 2 - stepIndex].unsqueeze(0).to(latents.dtype).to(latents.device);
+        trajectory.Latents[stepIndex].copy_(latents[0]);
+        trajectory.Recorded = stepIndex + 1;
+        return latents;
+    }
+}

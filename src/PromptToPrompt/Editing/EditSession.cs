@@ -1,0 +1,302 @@
+using System.Globalization;
+using PromptToPrompt.Control;
+using PromptToPrompt.Imaging;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Pipelines;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PromptToPrompt.Editing;
+
+/// <summary>
+/// The source of an editing session: a prompt with a seed (or x_T), or an inverted photo (x_T with its per-step null
+/// embeddings, or its DDIM trajectory for direct inversion), and the sampling settings every edit of it shares.
+/// </summary>
+public sealed record SourceSettings
+{
+    public required string Prompt { get; init; }
+    public string NegativePrompt { get; init; } = "";
+    public long Seed { get; init; }
+    /// <summary>x_T [1, C, h, w]; when given, the seed is not used.</summary>
+    public Tensor? InitialLatent { get; init; }
+    public int Steps { get; init; } = 50;
+    public double GuidanceScale { get; init; } = 7.5;
+    /// <summary>pndm, ddim, euler or dpmpp-2m; null = the model's own.</summary>
+    public string? Scheduler { get; init; }
+    public int? Width { get; init; }
+    public int? Height { get; init; }
+    /// <summary>The reference variant of the edits: it sets which self-attention layers an edit replaces, hence what is recorded.</summary>
+    public ReferenceVariant Variant { get; init; } = ReferenceVariant.PromptToPrompt;
+    /// <summary>Also record self-attention maps up to this many queries (for self-attention views of the source).</summary>
+    public int ExtraSelfPixels { get; init; }
+    /// <summary>Per-step unconditional embeddings [steps, 1, L, D] (null-text or negative-prompt inversion).</summary>
+    public Tensor? NullEmbeddings { get; init; }
+    /// <summary>
+    /// Direct inversion (Ju et al. 2023): the DDIM-inverted latents [steps + 1, C, h, w] (index 0 the photo's latent,
+    /// the last x_T); after every step the source latent is put back onto them.
+    /// </summary>
+    public Tensor? DirectTrajectory { get; init; }
+    /// <summary>Storage of the recorded attention (null: the model's dtype).</summary>
+    public ScalarType? CacheStorage { get; init; }
+    /// <summary>Where the source came from (an inversion file, a photo), for the PNG metadata.</summary>
+    public string? Origin { get; init; }
+
+    public int SelfMaxPixels => Math.Max(new EditSchedule(0.8, StepWindow.Until(0.4), Variant).SelfReplaceMaxPixels, ExtraSelfPixels);
+}
+
+/// <summary>One edit of the session's source: its target prompts and the edit (one controller over source + targets).</summary>
+public sealed record EditRequest(IReadOnlyList<string> Targets, EditDescription Edit);
+
+/// <summary>
+/// An edit's outcome: prompts and images (source first), final latents [N, C, h, w] (float32, CPU), the controller
+/// (with what it stored for attention views), and the PNG metadata that reproduces it.
+/// </summary>
+public sealed record EditResult(IReadOnlyList<string> Prompts, RgbImage[] Images, Tensor Latents, AttentionStore Controller,
+                                IReadOnlyDictionary<string, string> Metadata, EditSpec Spec) : IDisposable
+{
+    public void Dispose()
+    {
+        Latents.Dispose();
+        Controller.Dispose();
+    }
+}
+
+/// <summary>
+/// The editing layer every front end calls. Opened on a model and a source; runs the source, edits of it, sweeps and
+/// attention views, with progress and cancellation. With a <see cref="SourceCache"/> the source is recorded once
+/// (<see cref="SourceTrajectory"/>) and every edit runs its target prompts alone, taking the source's side from the
+/// recording; without one, each edit runs source and targets in one batch, as the reference does.
+/// </summary>
+public sealed class EditSession
+{
+    readonly StableDiffusionModel _model;
+    readonly StableDiffusionPipeline _pipeline;
+    readonly Action<string>? _log;
+    SourceKey? _key;
+
+    public SourceSettings Source { get; }
+    public SourceCache? Cache { get; }
+    public string SchedulerName { get; }
+    public int Width { get; }
+    public int Height { get; }
+    /// <summary>UNet evaluations per run (PNDM makes one more than the steps).</summary>
+    public int Evaluations { get; }
+    public StableDiffusionModel Model => _model;
+    public StableDiffusionPipeline Pipeline => _pipeline;
+
+    public EditSession(StableDiffusionModel model, SourceSettings source, SourceCache? cache = null, Action<string>? log = null)
+    {
+        _model = model;
+        _pipeline = new StableDiffusionPipeline(model, log);
+        _log = log;
+        Source = source;
+        Cache = cache;
+        if (source.Steps < 1) throw new UserError($"steps must be at least 1; got {source.Steps}.");
+        if (source.Scheduler is { } s && !Schedulers.Schedulers.Names.Contains(s))
+            throw new UserError($"Unknown scheduler '{s}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
+        SchedulerName = source.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler);
+        (Width, Height) = _pipeline.ResolveSize(source.Width, source.Height, source.InitialLatent);
+        if (source.InitialLatent is { } x) _pipeline.CheckLatent(x, Width, Height, 1);
+        Evaluations = _pipeline.Evaluations(SchedulerName, source.Steps);
+        if (source.DirectTrajectory is { } d)
+        {
+            if (SchedulerName != "ddim") throw new UserError($"Direct inversion samples with DDIM; --scheduler {SchedulerName} cannot be used.");
+            if (d.dim() != 4 || d.shape[0] != Evaluations + 1 || d.shape[2] != Height / model.VaeScale || d.shape[3] != Width / model.VaeScale)
+                throw new UserError($"The direct-inversion trajectory has shape [{string.Join(", ", d.shape)}] but {source.Steps} steps at {Width}x{Height} need " +
+                                    $"[{Evaluations + 1}, {model.UNet.Config.InChannels}, {Height / model.VaeScale}, {Width / model.VaeScale}]. Invert the photo again.");
+        }
+    }
+
+    ScalarType Storage => Source.CacheStorage ?? _model.Placement.DType;
+
+    /// <summary>What the recorded source holds and costs (see <see cref="TrajectoryPlan.Bytes"/>).</summary>
+    public TrajectoryPlan Plan => TrajectoryPlan.For(_model.UNet, Height / _model.VaeScale, Width / _model.VaeScale, _model.Tokenizer.MaxLength,
+        Evaluations, Source.SelfMaxPixels, Storage);
+
+    /// <summary>The key of this source in a <see cref="SourceCache"/>.</summary>
+    public SourceKey Key => _key ??= SourceKey.Of(new Dictionary<string, object?>
+    {
+        ["format"] = SourceCache.Format,
+        ["model"] = _model.Fingerprint,
+        ["dtype"] = _model.Placement.DType.ToString().ToLowerInvariant(),
+        ["device"] = _model.Placement.Device.type.ToString().ToLowerInvariant(),
+        ["prompt"] = Source.Prompt,
+        ["negative_prompt"] = Source.NullEmbeddings is null ? Source.NegativePrompt : null,
+        ["seed"] = Source.InitialLatent is null ? Source.Seed : null,
+        ["x_T"] = SourceKey.TensorHash(Source.InitialLatent),
+        ["steps"] = Source.Steps,
+        ["guidance_scale"] = Source.GuidanceScale,
+        ["scheduler"] = SchedulerName,
+        ["width"] = Width,
+        ["height"] = Height,
+        ["self_max_pixels"] = Source.SelfMaxPixels,
+        ["storage"] = Storage.ToString().ToLowerInvariant(),
+        ["null_embeddings"] = SourceKey.TensorHash(Source.NullEmbeddings),
+        ["direct_trajectory"] = SourceKey.TensorHash(Source.DirectTrajectory),
+    });
+
+    GenerationRequest Request(IReadOnlyList<string> prompts) => new()
+    {
+        Prompts = prompts, NegativePrompt = Source.NegativePrompt, Steps = Source.Steps, GuidanceScale = Source.GuidanceScale,
+        Scheduler = SchedulerName, Seed = Source.Seed, InitialLatent = Source.InitialLatent, Width = Width, Height = Height,
+        UnconditionalEmbeddings = Source.NullEmbeddings,
+    };
+
+    /// <summary>The spec that reproduces an edit of this source (its PNG metadata).</summary>
+    public EditSpec SpecOf(EditRequest request) => new()
+    {
+        Prompts = [Source.Prompt, .. request.Targets], Edit = request.Edit, Steps = Source.Steps, GuidanceScale = Source.GuidanceScale,
+        Scheduler = SchedulerName, Seed = Source.InitialLatent is null ? Source.Seed : null, Width = Width, Height = Height,
+        NegativePrompt = Source.NegativePrompt, Model = _model.Name,
+    };
+
+    Dictionary<string, string> Metadata(EditSpec spec)
+    {
+        var text = _pipeline.Parameters(Request(spec.Prompts), SchedulerName, Width, Height);
+        text["prompt-to-prompt"] = spec.ToJson(Source.InitialLatent is null ? Source.Seed : null);
+        if (Source.Origin is not null) text["inversion"] = Source.Origin;
+        return text;
+    }
+
+    /// <summary>
+    /// The recorded source (from the cache, or computed now and kept there). Needs a cache; the first call costs one
+    /// generation of the source prompt, later ones nothing.
+    /// </summary>
+    public CachedSource Recorded(IProgress<StepProgress>? progress = null, CancellationToken cancel = default)
+    {
+        var cache = Cache ?? throw new InvalidOperationException("This session has no source cache.");
+        var plan = Plan;
+        return cache.GetOrCompute(Key, plan, _model.Placement.Device, () =>
+        {
+            var trajectory = SourceTrajectory.Allocate(plan, _model.Placement.Device);
+            try
+            {
+                using var direct = Source.DirectTrajectory?.to(ScalarType.Float32).to(_model.Placement.Device);
+                var recorder = new SourceRecorder(trajectory, direct);
+                var result = _pipeline.Generate(Request([Source.Prompt]), progress, recorder, cancel);
+                result.Latents.Dispose();
+                _log?.Invoke($"cache: recorded the source ({TrajectoryPlan.Megabytes(plan.Bytes)})");
+                return new CachedSource(trajectory, result.Images[0]);
+            }
+            catch
+            {
+                trajectory.Dispose();
+                throw;
+            }
+        });
+    }
+
+    /// <summary>
+    /// Runs one edit. <paramref name="views"/> (resolved with <see cref="AttentionViewOptions.ForRun"/>): also keep what
+    /// these attention views need. A request without targets and a 'store' edit gives the source with its attention.
+    /// </summary>
+    public EditResult Edit(EditRequest request, AttentionViewOptions? views = null, IProgress<StepProgress>? progress = null, CancellationToken cancel = default) =>
+        Cache is null ? Batched(request, views, progress, cancel) : EditAll([request], int.MaxValue, views, progress, cancel)[0];
+
+    EditResult Batched(EditRequest request, AttentionViewOptions? views, IProgress<StepProgress>? progress, CancellationToken cancel)
+    {
+        if (Source.DirectTrajectory is not null) throw new UserError("Edits of a direct inversion take the source from the recorded inversion trajectory: open the session with a source cache.");
+        var spec = SpecOf(request);
+        var controller = request.Edit.Build(_model.Tokenizer, spec.Prompts, Source.Steps, views);
+        try
+        {
+            var result = _pipeline.Generate(Request(spec.Prompts), progress, controller, cancel);
+            return new EditResult(spec.Prompts, result.Images, result.Latents, controller, Metadata(spec), spec);
+        }
+        catch
+        {
+            controller.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Runs several edits of the source, taking the source from the cache: targets of up to <paramref name="batch"/>
+    /// rows share one UNet batch, each edit with its own controller (schedules, mappers, blends may differ).
+    /// </summary>
+    public IReadOnlyList<EditResult> EditAll(IReadOnlyList<EditRequest> requests, int batch, AttentionViewOptions? views = null,
+                                             IProgress<StepProgress>? progress = null, CancellationToken cancel = default)
+    {
+        if (Cache is null) return requests.Select(r => Batched(r, views, progress, cancel)).ToList();
+        if (batch < 1) throw new UserError($"The batch size must be at least 1; got {batch}.");
+        var source = Recorded(progress, cancel);
+        using var sourceLatent = source.Trajectory.Latents[^1..].cpu();
+        var results = new List<EditResult>();
+        try
+        {
+            int next = 0;
+            while (next < requests.Count)
+            {
+                // Fill one batch with whole edits (an edit's targets never split).
+                var chunk = new List<EditRequest> { requests[next++] };
+                while (next < requests.Count && chunk.Sum(r => r.Targets.Count) + requests[next].Targets.Count <= batch) chunk.Add(requests[next++]);
+                results.AddRange(RunCached(chunk, source, sourceLatent, views, progress, cancel));
+            }
+            return results;
+        }
+        catch
+        {
+            foreach (var r in results) r.Dispose();
+            throw;
+        }
+    }
+
+    List<EditResult> RunCached(IReadOnlyList<EditRequest> chunk, CachedSource source, Tensor sourceLatent, AttentionViewOptions? views,
+                               IProgress<StepProgress>? progress, CancellationToken cancel)
+    {
+        var specs = chunk.Select(SpecOf).ToList();
+        var controllers = new List<AttentionStore>();
+        try
+        {
+            foreach (var (r, spec) in chunk.Zip(specs)) controllers.Add(r.Edit.Build(_model.Tokenizer, spec.Prompts, Source.Steps, views));
+            var targets = chunk.SelectMany(r => r.Targets).ToList();
+            RgbImage[] images = [];
+            Tensor? latents = null;
+            if (targets.Count > 0)
+            {
+                var groups = chunk.Zip(controllers).Where(p => p.First.Targets.Count > 0)
+                    .Select(p => new CachedSourceEdit.Group(p.Second, p.First.Targets.Count)).ToList();
+                var run = _pipeline.Generate(Request(targets), progress, new CachedSourceEdit(source.Trajectory, groups), cancel);
+                (images, latents) = (run.Images, run.Latents);
+            }
+            // Edits without targets (attention views of the source) replay the recording.
+            foreach (var (r, c) in chunk.Zip(controllers))
+                if (r.Targets.Count == 0) source.Trajectory.Replay(c);
+            var results = new List<EditResult>();
+            int offset = 0;
+            using (latents)
+                for (int i = 0; i < chunk.Count; i++)
+                {
+                    int n = chunk[i].Targets.Count;
+                    var own = n == 0 ? sourceLatent.clone() : cat([sourceLatent, latents![offset..(offset + n)]], 0);
+                    results.Add(new EditResult(specs[i].Prompts, [source.Image, .. images[offset..(offset + n)]], own, controllers[i], Metadata(specs[i]), specs[i]));
+                    offset += n;
+                }
+            return results;
+        }
+        catch
+        {
+            foreach (var c in controllers) c.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>The source prompt sampled alone (from the cache when the session has one): a generation, or an inversion's reconstruction.</summary>
+    public RgbImage SourceImage(IProgress<StepProgress>? progress = null, CancellationToken cancel = default)
+    {
+        if (Cache is not null) return Recorded(progress, cancel).Image;
+        if (Source.DirectTrajectory is not null) throw new UserError("A direct inversion is sampled through the source cache: open the session with one.");
+        var result = _pipeline.Generate(Request([Source.Prompt]), progress, null, cancel);
+        result.Latents.Dispose();
+        return result.Images[0];
+    }
+
+    /// <summary>A source from an inversion file: its prompt, x_T, steps, guidance, DDIM, and null embeddings or direct trajectory.</summary>
+    public static SourceSettings FromInversion(InversionFile file, ReferenceVariant variant, string origin) => new()
+    {
+        Prompt = file.Prompt, InitialLatent = file.XT, Steps = file.Steps, GuidanceScale = file.GuidanceScale, Scheduler = "ddim",
+        Variant = variant, NullEmbeddings = file.PerStepUnconditional, DirectTrajectory = file.DdimLatents, Origin = origin,
+    };
+
+    public static string Describe(double value) => value.ToString("0.###", CultureInfo.InvariantCulture);
+}
