@@ -117,6 +117,33 @@ static class CliSupport
         }
     }
 
+    /// <summary>The source-cache options of the commands that edit one source many times (edit, sweep).</summary>
+    public sealed record CacheOptions(Option<string?> Dir, Option<long> BudgetMb, Option<string?> DType)
+    {
+        public static CacheOptions Create() => new(
+            new Option<string?>("--cache") { Description = "Folder of recorded sources: later edits of the same source skip its computation (created if absent)." },
+            new Option<long>("--cache-budget") { Description = "Memory for recorded sources, in MB.", DefaultValueFactory = _ => Editing.SourceCache.DefaultBudgetMb },
+            new Option<string?>("--cache-dtype") { Description = "Storage of the recorded attention: float32 or float16 (half the memory, less exact; default: the model's dtype)." });
+
+        public IEnumerable<Option> All => [Dir, BudgetMb, DType];
+
+        /// <summary>A cache when --cache is given or <paramref name="always"/>; null otherwise. Checks the folder and the budget first.</summary>
+        public Editing.SourceCache? Create(ParseResult r, bool always)
+        {
+            var dir = r.GetValue(Dir);
+            if (dir is null && !always && r.GetResult(BudgetMb) is null) return null;
+            return new Editing.SourceCache(r.GetValue(BudgetMb), dir, Warn);
+        }
+
+        public TorchSharp.torch.ScalarType? Storage(ParseResult r) => r.GetValue(DType) switch
+        {
+            null => null,
+            "float32" => TorchSharp.torch.ScalarType.Float32,
+            "float16" => TorchSharp.torch.ScalarType.Float16,
+            var d => throw new UserError($"--cache-dtype {d}: use float32 or float16."),
+        };
+    }
+
     public static void Warn(string message) => Console.Error.WriteLine(message);
 
     /// <summary>

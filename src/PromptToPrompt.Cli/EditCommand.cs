@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using PromptToPrompt.Control;
+using PromptToPrompt.Editing;
 using PromptToPrompt.Imaging;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Pipelines;
@@ -42,13 +43,14 @@ static class EditCommand
         var image = new Option<string?>("--image") { Description = "Edit a photo: invert it first (with --prompt describing it), then edit." };
         var saveInversion = new Option<string?>("--save-inversion") { Description = "With --image: also write the inversion file." };
         var photo = InvertCommand.PhotoOptions.Create();
+        var cacheOptions = CliSupport.CacheOptions.Create();
 
         var command = new Command("edit", "Edit an image by editing its prompt (Prompt-to-Prompt).")
         {
             spec, model, prompt, target, edit, cross, self, blend, threshold, reweight, variant, negative, seed, steps, guidance,
             scheduler, width, height, latent, saveLatents, overwrite, output, showAttention, inversion, image, saveInversion,
         };
-        foreach (var o in view.All.Concat(photo.All).Concat(modelOptions.All)) command.Options.Add(o);
+        foreach (var o in view.All.Concat(photo.All).Concat(cacheOptions.All).Concat(modelOptions.All)) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             // An inversion (from a file, or made here from --image) fixes the source prompt, x_T, steps, guidance and scheduler.
@@ -95,75 +97,74 @@ static class EditCommand
             var saveInversionPath = r.GetValue(saveInversion);
             if (saveInversionPath is not null && imagePath is null) throw new UserError("--save-inversion needs --image.");
             foreach (var f in files.Append(latentsPath).Append(saveInversionPath).OfType<string>()) AtomicFile.EnsureWritable(f, replace);
+            var storage = cacheOptions.Storage(r);
+            bool direct = inversionFile?.DdimLatents is not null || (imagePath is not null && photo.ParseMethod(r) == InversionMethod.Direct);
+            // A direct inversion's source is its recorded trajectory, so it always edits through a (memory) cache.
+            using var cache = cacheOptions.Create(r, always: direct);
             using var initial = s.Latent is { } lp ? CliSupport.ReadLatent(lp) : null;
             long seedValue = s.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
 
             using var sd = modelOptions.Load(r, s.Model);
-            var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
-            TorchSharp.torch.Tensor? xT = initial, nullEmbeddings = null;
-            InversionResult? fresh = null;
-            RgbImage? input = null;
+            SourceSettings source;
+            using PhotoInversion? fresh = imagePath is null ? null
+                : InvertCommand.Run(sd, imagePath, s.Prompts[0], new InversionSettings(photo.ParseMethod(r), s.Steps, r.GetValue(photo.InnerSteps) ?? 10, s.GuidanceScale),
+                    photo.ParseFit(r), s.Width, s.Height);
             if (inversionFile is not null)
             {
                 inversionFile.CheckCompatible(sd, s.Steps);
-                (xT, nullEmbeddings) = (inversionFile.XT, inversionFile.PerStepUnconditional);
+                source = EditSession.FromInversion(inversionFile, s.Edit.Variant,
+                    $"{r.GetValue(inversion)} ({inversionFile.Metadata.GetValueOrDefault("method", "?")}, image sha256 {inversionFile.Metadata.GetValueOrDefault("image_sha256", "?")})");
             }
-            else if (imagePath is not null)
+            else if (fresh is not null)
             {
-                var settings = new InversionSettings(photo.ParseMethod(r), s.Steps, r.GetValue(photo.InnerSteps) ?? 10, s.GuidanceScale);
-                fresh = InvertCommand.Run(pipeline, imagePath, s.Prompts[0], settings, photo.ParseFit(r), s.Width, s.Height, out var fitted, out var rec);
-                input = fitted;
-                double psnr = Inversion.Psnr(fitted, rec);
-                Console.Error.WriteLine($"reconstruction PSNR {psnr:F2} dB against the input photo");
+                Console.Error.WriteLine($"reconstruction PSNR {fresh.Psnr:F2} dB against the input photo");
                 if (saveInversionPath is not null)
                 {
-                    InversionFile.Save(saveInversionPath, fresh, sd, imagePath, photo.ParseFit(r), fitted.Width, fitted.Height, psnr);
+                    InversionFile.Save(saveInversionPath, fresh.Result, sd, imagePath!, photo.ParseFit(r), fresh.Fitted.Width, fresh.Fitted.Height, fresh.Psnr);
                     Console.WriteLine(saveInversionPath);
                 }
-                (xT, nullEmbeddings) = (fresh.XT, fresh.NullEmbeddings);
+                source = EditSession.FromInversion(fresh.Result, s.Edit.Variant, $"{imagePath} (inverted here, sha256 {InversionFile.Sha256(imagePath!)})");
             }
-            using var _ = fresh;
+            else
+            {
+                source = new SourceSettings
+                {
+                    Prompt = s.Prompts[0], NegativePrompt = s.NegativePrompt, Seed = seedValue, InitialLatent = initial, Steps = s.Steps,
+                    GuidanceScale = s.GuidanceScale, Scheduler = s.Scheduler, Width = s.Width, Height = s.Height, Variant = s.Edit.Variant,
+                };
+                if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
+            }
+            var session = new EditSession(sd, source with { CacheStorage = storage }, cache, CliSupport.Warn);
             if (show)
             {
-                var (width, height) = pipeline.ResolveSize(s.Width, s.Height, xT);
-                viewOptions = viewOptions.ForRun(sd, width, height, pipeline.Evaluations(s.Scheduler, s.Steps));
+                viewOptions = viewOptions.ForRun(sd, session.Width, session.Height, session.Evaluations);
+                session = new EditSession(sd, session.Source with { ExtraSelfPixels = viewOptions.StoreSettings.SelfMaxPixels }, cache, CliSupport.Warn);
             }
-            using var controller = s.Edit.Build(sd.Tokenizer, s.Prompts, s.Steps, show ? viewOptions : null);
-            if (xT is null) Console.Error.WriteLine($"seed {seedValue}");
-            var result = pipeline.Generate(new GenerationRequest
+            using var result = session.Edit(new EditRequest(s.Prompts.Skip(1).ToList(), s.Edit), show ? viewOptions : null,
+                new ConsoleProgress($"{s.Edit.Edit.ToString().ToLowerInvariant()} ({s.Prompts.Count} prompts)"), CliSupport.Cancellation);
+            var text = result.Metadata;
+            for (int i = 0; i < s.Prompts.Count; i++)
             {
-                Prompts = s.Prompts, NegativePrompt = s.NegativePrompt, Steps = s.Steps, GuidanceScale = s.GuidanceScale,
-                Scheduler = s.Scheduler, Seed = seedValue, InitialLatent = xT, Width = s.Width, Height = s.Height,
-                UnconditionalEmbeddings = nullEmbeddings,
-            }, new ConsoleProgress($"{s.Edit.Edit.ToString().ToLowerInvariant()} ({s.Prompts.Count} prompts)"), controller, CliSupport.Cancellation);
-            using (result.Latents)
-            {
-                var text = new Dictionary<string, string>(result.Parameters) { ["prompt-to-prompt"] = s.ToJson(xT is null ? seedValue : null) };
-                if (inversionFile is not null) text["inversion"] = $"{r.GetValue(inversion)} ({inversionFile.Metadata.GetValueOrDefault("method", "?")}, image sha256 {inversionFile.Metadata.GetValueOrDefault("image_sha256", "?")})";
-                if (imagePath is not null) text["inversion"] = $"{imagePath} (inverted here, sha256 {InversionFile.Sha256(imagePath)})";
+                Png.Save(files[i], result.Images[i], new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i], ["role"] = i == 0 ? "source" : $"target {i}" });
+                Console.WriteLine(files[i]);
+            }
+            // Editing a photo: the grid starts with the photo as inverted (fitted), so the reconstruction and the
+            // edits can be compared with it.
+            Png.Save(files[^1], fresh is null ? Grid.WithCaptions(result.Images, s.Prompts)
+                : Grid.WithCaptions([fresh.Fitted, .. result.Images], ["input photo", .. s.Prompts]), text);
+            Console.WriteLine(files[^1]);
+            if (show)
                 for (int i = 0; i < s.Prompts.Count; i++)
-                {
-                    Png.Save(files[i], result.Images[i], new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i], ["role"] = i == 0 ? "source" : $"target {i}" });
-                    Console.WriteLine(files[i]);
-                }
-                // Editing a photo: the grid starts with the photo as inverted (fitted), so the reconstruction and the
-                // edits can be compared with it.
-                Png.Save(files[^1], input is null ? Grid.WithCaptions(result.Images, s.Prompts)
-                    : Grid.WithCaptions([input, .. result.Images], ["input photo", .. s.Prompts]), text);
-                Console.WriteLine(files[^1]);
-                if (show)
-                    for (int i = 0; i < s.Prompts.Count; i++)
-                        foreach (var (name, picture) in AttentionReport.Images(controller, sd.Tokenizer, s.Prompts[i], i, result.Images[i], viewOptions, $"attention_{i}_"))
-                        {
-                            var path = Path.Combine(outDir, name);
-                            Png.Save(path, picture, new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i] });
-                            Console.WriteLine(path);
-                        }
-                if (latentsPath is not null)
-                {
-                    SafetensorsFile.Write(latentsPath, new Dictionary<string, TorchSharp.torch.Tensor> { ["latents"] = result.Latents }, text);
-                    Console.WriteLine(latentsPath);
-                }
+                    foreach (var (name, picture) in AttentionReport.Images(result.Controller, sd.Tokenizer, s.Prompts[i], i, result.Images[i], viewOptions, $"attention_{i}_"))
+                    {
+                        var path = Path.Combine(outDir, name);
+                        Png.Save(path, picture, new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i] });
+                        Console.WriteLine(path);
+                    }
+            if (latentsPath is not null)
+            {
+                SafetensorsFile.Write(latentsPath, new Dictionary<string, TorchSharp.torch.Tensor> { ["latents"] = result.Latents }, text);
+                Console.WriteLine(latentsPath);
             }
             return 0;
         }));

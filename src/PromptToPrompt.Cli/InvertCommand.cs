@@ -1,4 +1,5 @@
 using System.CommandLine;
+using PromptToPrompt.Editing;
 using PromptToPrompt.Imaging;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Pipelines;
@@ -12,7 +13,7 @@ static class InvertCommand
     internal sealed record PhotoOptions(Option<string?> Method, Option<int?> InnerSteps, Option<string?> Fit)
     {
         public static PhotoOptions Create() => new(
-            new Option<string?>("--method") { Description = "null-text (default), negative-prompt or ddim." },
+            new Option<string?>("--method") { Description = "null-text (default), negative-prompt, direct (PnP inversion: the source follows the DDIM trajectory exactly) or ddim." },
             new Option<int?>("--inner-steps") { Description = "Null-text: Adam iterations per step (default 10)." },
             new Option<string?>("--fit") { Description = "crop (default: centre-crop to the model's aspect, as the reference) or pad (keep the whole photo, pad with black)." });
 
@@ -23,7 +24,8 @@ static class InvertCommand
             null or "null-text" => InversionMethod.NullText,
             "negative-prompt" => InversionMethod.NegativePrompt,
             "ddim" => InversionMethod.Ddim,
-            var m => throw new UserError($"Unknown inversion method '{m}'. Use null-text, negative-prompt or ddim."),
+            "direct" => InversionMethod.Direct,
+            var m => throw new UserError($"Unknown inversion method '{m}'. Use null-text, negative-prompt, direct or ddim."),
         };
 
         public FitMode ParseFit(ParseResult r) => r.GetValue(Fit) switch
@@ -61,16 +63,14 @@ static class InvertCommand
             var settings = new InversionSettings(photo.ParseMethod(r), r.GetValue(steps), r.GetValue(photo.InnerSteps) ?? 10, r.GetValue(guidance));
             settings.Validate();
             using var sd = modelOptions.Load(r, r.GetValue(model));
-            var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
-            using var result = Run(pipeline, r.GetValue(image)!, r.GetValue(prompt)!, settings, photo.ParseFit(r), r.GetValue(width), r.GetValue(height),
-                out var fitted, out var rec);
-            double psnr = Inversion.Psnr(fitted, rec);
-            Console.Error.WriteLine($"reconstruction PSNR {psnr:F2} dB against the input photo (at {fitted.Width}x{fitted.Height})");
-            InversionFile.Save(outPath, result, sd, r.GetValue(image)!, photo.ParseFit(r), fitted.Width, fitted.Height, psnr);
+            using var inverted = Run(sd, r.GetValue(image)!, r.GetValue(prompt)!, settings, photo.ParseFit(r), r.GetValue(width), r.GetValue(height));
+            double psnr = inverted.Psnr;
+            Console.Error.WriteLine($"reconstruction PSNR {psnr:F2} dB against the input photo (at {inverted.Fitted.Width}x{inverted.Fitted.Height})");
+            InversionFile.Save(outPath, inverted.Result, sd, r.GetValue(image)!, photo.ParseFit(r), inverted.Fitted.Width, inverted.Fitted.Height, psnr);
             Console.WriteLine(outPath);
             if (recPath is not null)
             {
-                Png.Save(recPath, rec, new Dictionary<string, string> { ["prompt"] = r.GetValue(prompt)!, ["reconstruction_psnr_db"] = $"{psnr:F2}" });
+                Png.Save(recPath, inverted.Reconstruction, new Dictionary<string, string> { ["prompt"] = r.GetValue(prompt)!, ["reconstruction_psnr_db"] = $"{psnr:F2}" });
                 Console.WriteLine(recPath);
             }
             return 0;
@@ -78,15 +78,11 @@ static class InvertCommand
         return command;
     }
 
-    /// <summary>Loads and fits the photo, inverts it, and samples the reconstruction.</summary>
-    internal static InversionResult Run(StableDiffusionPipeline pipeline, string imagePath, string prompt, InversionSettings settings, FitMode fit,
-                                        int? width, int? height, out RgbImage fitted, out RgbImage reconstruction)
+    /// <summary>Inverts a photo through the editing layer, with progress on the console.</summary>
+    internal static PhotoInversion Run(StableDiffusionModel model, string imagePath, string prompt, InversionSettings settings, FitMode fit, int? width, int? height)
     {
-        var (w, h) = pipeline.ResolveSize(width, height, null);
-        fitted = ImageInput.Load(imagePath, w, h, fit);
-        var inversion = new Inversion(pipeline);
-        var result = inversion.Invert(fitted, prompt, settings, new ConsoleProgress("inversion"), CliSupport.Cancellation);
-        reconstruction = inversion.Reconstruct(result, new ConsoleProgress("reconstruction"), CliSupport.Cancellation);
-        return result;
+        Console.Error.WriteLine($"inverting {imagePath} ({InversionFile.MethodName(settings.Method)})");
+        return EditSession.InvertPhoto(model, imagePath, prompt, settings, fit, width, height, new ConsoleProgress("inversion"),
+            new ConsoleProgress("reconstruction"), CliSupport.Cancellation);
     }
 }

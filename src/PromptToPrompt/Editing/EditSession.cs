@@ -1,4 +1,3 @@
-using System.Globalization;
 using PromptToPrompt.Control;
 using PromptToPrompt.Imaging;
 using PromptToPrompt.Loading;
@@ -298,5 +297,36 @@ public sealed class EditSession
         Variant = variant, NullEmbeddings = file.PerStepUnconditional, DirectTrajectory = file.DdimLatents, Origin = origin,
     };
 
-    public static string Describe(double value) => value.ToString("0.###", CultureInfo.InvariantCulture);
+    /// <summary>A source from a fresh inversion (see <see cref="FromInversion(InversionFile, ReferenceVariant, string)"/>).</summary>
+    public static SourceSettings FromInversion(InversionResult inversion, ReferenceVariant variant, string origin) => new()
+    {
+        Prompt = inversion.Prompt, InitialLatent = inversion.XT, Steps = inversion.Settings.Steps, GuidanceScale = inversion.Settings.GuidanceScale,
+        Scheduler = "ddim", Variant = variant, NullEmbeddings = inversion.NullEmbeddings,
+        DirectTrajectory = inversion.Settings.Method == InversionMethod.Direct ? inversion.DdimLatents.squeeze(1) : null, Origin = origin,
+    };
+
+    /// <summary>
+    /// Inverts a photo: loads and fits it to the size (default: the model's), inverts it with its prompt, and samples
+    /// the reconstruction (for direct inversion, the trajectory's end, which its source reproduces exactly).
+    /// </summary>
+    public static PhotoInversion InvertPhoto(StableDiffusionModel model, string imagePath, string prompt, InversionSettings settings, FitMode fit,
+                                             int? width, int? height, IProgress<InversionProgress>? progress = null,
+                                             IProgress<StepProgress>? reconstructionProgress = null, CancellationToken cancel = default)
+    {
+        settings.Validate();
+        var pipeline = new StableDiffusionPipeline(model);
+        var (w, h) = pipeline.ResolveSize(width, height, null);
+        var fitted = ImageInput.Load(imagePath, w, h, fit);
+        var inversion = new Inversion(pipeline);
+        var result = inversion.Invert(fitted, prompt, settings, progress, cancel);
+        var reconstruction = inversion.Reconstruct(result, reconstructionProgress, cancel);
+        return new PhotoInversion(result, fitted, reconstruction);
+    }
+}
+
+/// <summary>An inverted photo: the inversion, the photo as fitted, and what sampling from the inversion reproduces.</summary>
+public sealed record PhotoInversion(InversionResult Result, RgbImage Fitted, RgbImage Reconstruction) : IDisposable
+{
+    public double Psnr => Inversion.Psnr(Fitted, Reconstruction);
+    public void Dispose() => Result.Dispose();
 }
