@@ -111,9 +111,7 @@ static class EditCommand
                     photo.ParseFit(r), s.Width, s.Height);
             if (inversionFile is not null)
             {
-                inversionFile.CheckCompatible(sd, s.Steps);
-                source = EditSession.FromInversion(inversionFile, s.Edit.Variant,
-                    $"{r.GetValue(inversion)} ({inversionFile.Metadata.GetValueOrDefault("method", "?")}, image sha256 {inversionFile.Metadata.GetValueOrDefault("image_sha256", "?")})");
+                source = FromInversionFile(inversionFile, r.GetValue(inversion)!, sd, s);
             }
             else if (fresh is not null)
             {
@@ -127,12 +125,7 @@ static class EditCommand
             }
             else
             {
-                source = new SourceSettings
-                {
-                    Prompt = s.Prompts[0], NegativePrompt = s.NegativePrompt, Seed = seedValue, InitialLatent = initial, Steps = s.Steps,
-                    GuidanceScale = s.GuidanceScale, Scheduler = s.Scheduler, Width = s.Width, Height = s.Height, Variant = s.Edit.Variant,
-                };
-                if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
+                source = FromPrompt(s, initial, seedValue);
             }
             var session = new EditSession(sd, source with { CacheStorage = storage }, cache, CliSupport.Warn);
             if (show)
@@ -171,11 +164,30 @@ static class EditCommand
         return command;
     }
 
+    /// <summary>The source of a spec's prompts: its first prompt, seed or x_T and generation settings.</summary>
+    internal static SourceSettings FromPrompt(EditSpec s, TorchSharp.torch.Tensor? initial, long seed)
+    {
+        if (initial is null) Console.Error.WriteLine($"seed {seed}");
+        return new SourceSettings
+        {
+            Prompt = s.Prompts[0], NegativePrompt = s.NegativePrompt, Seed = seed, InitialLatent = initial, Steps = s.Steps,
+            GuidanceScale = s.GuidanceScale, Scheduler = s.Scheduler, Width = s.Width, Height = s.Height, Variant = s.Edit.Variant,
+        };
+    }
+
+    /// <summary>The source of an inversion file, checked against the model.</summary>
+    internal static SourceSettings FromInversionFile(InversionFile file, string path, StableDiffusionModel model, EditSpec s)
+    {
+        file.CheckCompatible(model, s.Steps);
+        return EditSession.FromInversion(file, s.Edit.Variant,
+            $"{path} ({file.Metadata.GetValueOrDefault("method", "?")}, image sha256 {file.Metadata.GetValueOrDefault("image_sha256", "?")})");
+    }
+
     /// <summary>
     /// An edit of an inverted photo samples exactly as the inversion assumed: DDIM, its steps and guidance, from its
     /// x_T, starting from its prompt.
     /// </summary>
-    static EditSpec ForInversion(EditSpec s, InversionFile? file, bool stepsOrGuidanceGiven)
+    internal static EditSpec ForInversion(EditSpec s, InversionFile? file, bool stepsOrGuidanceGiven)
     {
         if (file is not null)
         {

@@ -5,6 +5,7 @@ var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diff
 {
     GenerateCommand.Create(),
     EditCommand.Create(),
+    SweepCommand.Create(),
     AttentionCommand.Create(),
     InvertCommand.Create(),
     BenchmarkCommand.Create(),

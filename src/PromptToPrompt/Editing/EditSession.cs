@@ -218,6 +218,9 @@ public sealed class EditSession
     {
         if (Cache is null) return requests.Select(r => Batched(r, views, progress, cancel)).ToList();
         if (batch < 1) throw new UserError($"The batch size must be at least 1; got {batch}.");
+        // Every edit is checked (words, windows, blends) and the source's size against the budget before anything runs.
+        foreach (var r in requests) r.Edit.Build(_model.Tokenizer, SpecOf(r).Prompts, Source.Steps, views).Dispose();
+        Cache.CheckFits(Plan);
         var source = Recorded(progress, cancel);
         using var sourceLatent = source.Trajectory.Latents[^1..].cpu();
         var results = new List<EditResult>();

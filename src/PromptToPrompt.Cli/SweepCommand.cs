@@ -1,0 +1,118 @@
+using System.CommandLine;
+using System.Globalization;
+using PromptToPrompt.Editing;
+using PromptToPrompt.Imaging;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Pipelines;
+
+namespace PromptToPrompt.Cli;
+
+/// <summary><c>p2p sweep</c>: one source, one target, a labelled grid over one or two edit parameters.</summary>
+static class SweepCommand
+{
+    public static Command Create()
+    {
+        var model = CliSupport.Model();
+        var prompt = new Option<string?>("--prompt", "-p") { Description = "Source prompt (or the inversion's, with --inversion)." };
+        var target = new Option<string?>("--target", "-t") { Description = "Edited prompt (default: the source prompt, for re-weighting sweeps)." };
+        var edit = new Option<string?>("--edit") { Description = "replace, refine or reweight (default: from the prompts, as p2p edit)." };
+        var cross = new Option<string?>("--cross-replace") { Description = "cross_replace_steps values, e.g. 0.2,0.4,0.6,0.8 (one value: fixed)." };
+        var self = new Option<string?>("--self-replace") { Description = "self_replace_steps values, e.g. 0.2,0.4,0.6 (one value: fixed)." };
+        var reweight = new Option<string[]>("--reweight") { Description = "word=values, e.g. smiling=-1,0,2,5 (repeatable; one value: fixed)." };
+        var blend = new Option<string?>("--blend") { Description = "Local blend words, as p2p edit: \"circle;circle\"." };
+        var threshold = new Option<string?>("--blend-threshold") { Description = "Local blend threshold values, e.g. 0.2,0.3,0.5 (needs --blend)." };
+        var variant = new Option<string?>("--variant") { Description = "prompt_to_prompt (default) or null_text." };
+        var inversion = new Option<string?>("--inversion") { Description = "Sweep edits of an inverted photo (a file written by p2p invert)." };
+        var batch = new Option<int>("--batch") { Description = "Cells per UNet batch (each cell is one target row).", DefaultValueFactory = _ => 4 };
+        var sampling = CliSupport.SamplingOptions.Create();
+        var cacheOptions = CliSupport.CacheOptions.Create();
+        var modelOptions = CliSupport.ModelOptions.Create();
+        var overwrite = CliSupport.Overwrite();
+        var output = new Option<string>("--out", "-o") { Description = "Output folder: source.png, one PNG per cell, grid.png.", Required = true };
+        var command = new Command("sweep", "Edit one source over a grid of edit parameters (cross/self-replace fractions, re-weighting, blend threshold).")
+        {
+            model, prompt, target, edit, cross, self, reweight, blend, threshold, variant, inversion, batch, overwrite, output,
+        };
+        foreach (var o in sampling.All.Concat(cacheOptions.All).Concat(modelOptions.All)) command.Options.Add(o);
+        command.SetAction(r => CliSupport.Run(() =>
+        {
+            using var inversionFile = r.GetValue(inversion) is { } invPath ? InversionFile.Load(invPath) : null;
+            var source = r.GetValue(prompt) ?? inversionFile?.Prompt;
+            var axes = new List<SweepAxis>();
+            if (r.GetValue(cross) is { } c) axes.Add(new SweepAxis(SweepParameter.CrossReplace, Values(c, "--cross-replace")));
+            if (r.GetValue(self) is { } sr) axes.Add(new SweepAxis(SweepParameter.SelfReplace, Values(sr, "--self-replace")));
+            foreach (var rw in r.GetValue(reweight) ?? [])
+            {
+                int eq = rw.LastIndexOf('=');
+                if (eq <= 0) throw new UserError($"--reweight {rw}: expected word=values, e.g. --reweight smiling=-1,0,2,5.");
+                axes.Add(new SweepAxis(SweepParameter.Reweight, Values(rw[(eq + 1)..], "--reweight"), rw[..eq]));
+            }
+            if (r.GetValue(threshold) is { } t) axes.Add(new SweepAxis(SweepParameter.BlendThreshold, Values(t, "--blend-threshold")));
+            foreach (var a in axes) a.Validated();
+            var swept = axes.Where(a => a.Values.Count > 1).ToList();
+            if (swept.Count is < 1 or > 2)
+                throw new UserError($"A sweep varies one or two of --cross-replace, --self-replace, --reweight, --blend-threshold (comma-separated values); got {swept.Count}.");
+            if (r.GetValue(batch) < 1) throw new UserError($"--batch must be at least 1; got {r.GetValue(batch)}.");
+
+            // The edit the cells start from: the flags of p2p edit, then every single-valued axis.
+            var targetPrompt = r.GetValue(target) ?? source;
+            var spec = EditCommand.FromFlags(source, targetPrompt is null ? [] : [targetPrompt], r.GetValue(edit),
+                null, null, r.GetValue(blend), null, [], r.GetValue(variant));
+            IReadOnlyList<string> prompts = [spec.Prompts[0], spec.Prompts[1]];
+            var baseEdit = spec.Edit;
+            foreach (var a in axes.Where(a => a.Values.Count == 1)) baseEdit = a.Apply(baseEdit, a.Values[0], prompts);
+            var sweep = new Sweep(prompts[1], baseEdit, swept);
+            var cells = sweep.Cells(prompts[0]);
+
+            var outDir = r.GetValue(output)!;
+            bool replace = r.GetValue(overwrite);
+            var files = cells.Select(x => Path.Combine(outDir, Sweep.FileName(x))).Append(Path.Combine(outDir, "source.png")).Append(Path.Combine(outDir, "grid.png")).ToList();
+            foreach (var f in files) AtomicFile.EnsureWritable(f, replace);
+            using var cache = cacheOptions.Create(r, always: true)!;
+            var (initial, seed) = inversionFile is null ? sampling.Prepare(r) : (null, 0);
+            using var _ = initial;
+            spec = spec with
+            {
+                Steps = r.GetValue(sampling.Steps), GuidanceScale = r.GetValue(sampling.Guidance), Scheduler = r.GetValue(sampling.Scheduler),
+                Width = r.GetValue(sampling.Width), Height = r.GetValue(sampling.Height), NegativePrompt = r.GetValue(sampling.Negative) ?? "",
+            };
+            if (inversionFile is not null) spec = EditCommand.ForInversion(spec, inversionFile, r.GetResult(sampling.Steps) is not null || r.GetResult(sampling.Guidance) is not null);
+            using var sd = modelOptions.Load(r, r.GetValue(model));
+            var settings = inversionFile is not null ? EditCommand.FromInversionFile(inversionFile, r.GetValue(inversion)!, sd, spec)
+                : new SourceSettings
+                {
+                    Prompt = prompts[0], NegativePrompt = spec.NegativePrompt, Seed = seed, InitialLatent = initial, Steps = spec.Steps,
+                    GuidanceScale = spec.GuidanceScale, Scheduler = spec.Scheduler, Width = spec.Width, Height = spec.Height, Variant = spec.Edit.Variant,
+                };
+            var session = new EditSession(sd, settings with { CacheStorage = cacheOptions.Storage(r) }, cache, CliSupport.Warn);
+            Console.Error.WriteLine($"sweep: {cells.Count} cells of {string.Join(" x ", swept.Select(a => $"{a.Name} ({a.Values.Count})"))}, {r.GetValue(batch)} per batch");
+            var results = session.EditAll(cells.Select(x => x.Request).ToList(), r.GetValue(batch), null, new ConsoleProgress("sweep"), CliSupport.Cancellation);
+            try
+            {
+                var sourceImage = results[0].Images[0];
+                Png.Save(files[^2], sourceImage, new Dictionary<string, string>(results[0].Metadata) { ["prompt"] = prompts[0], ["role"] = "source" });
+                for (int i = 0; i < cells.Count; i++)
+                    Png.Save(files[i], results[i].Images[1], new Dictionary<string, string>(results[i].Metadata)
+                    {
+                        ["prompt"] = prompts[1], ["role"] = "target", ["sweep_cell"] = cells[i].Label,
+                    });
+                Png.Save(files[^1], sweep.Grid(sourceImage, prompts[0], cells, results.Select(x => x.Images[1]).ToList()), new Dictionary<string, string>
+                {
+                    ["parameters"] = results[0].Metadata["parameters"],
+                    ["sweep"] = string.Join("; ", swept.Select(a => $"{a.Name}: {string.Join(",", a.Values.Select(v => v.ToString(CultureInfo.InvariantCulture)))}")),
+                });
+                foreach (var f in files) Console.WriteLine(f);
+            }
+            finally
+            {
+                foreach (var x in results) x.Dispose();
+            }
+            return 0;
+        }));
+        return command;
+    }
+
+    static List<double> Values(string text, string option) => text.Split(',', StringSplitOptions.TrimEntries)
+        .Select(v => double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) ? d
+            : throw new UserError($"{option} {text}: expected comma-separated numbers, e.g. 0.2,0.4,0.6.")).ToList();
+}
