@@ -1,5 +1,6 @@
 using System.CommandLine;
 using PromptToPrompt.Control;
+using PromptToPrompt.Editing;
 using PromptToPrompt.Imaging;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Pipelines;
@@ -40,13 +41,16 @@ static class AttentionCommand
             using var sd = modelOptions.Load(r, r.GetValue(model));
             var text = r.GetValue(prompt)!;
             var request = sampling.Request(r, [text], initial, seedValue);
-            var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
-            var (width, height) = pipeline.ResolveSize(request.Width, request.Height, request.InitialLatent);
-            options = options.ForRun(sd, width, height, pipeline.Evaluations(request.Scheduler, request.Steps));
-            using var store = new AttentionStore(1, options.StoreSettings);
-            var result = pipeline.Generate(request, new ConsoleProgress("denoising"), store, CliSupport.Cancellation);
-            result.Latents.Dispose();
-            var metadata = new Dictionary<string, string>(result.Parameters);
+            var session = new EditSession(sd, new SourceSettings
+            {
+                Prompt = text, NegativePrompt = request.NegativePrompt, Seed = seedValue, InitialLatent = initial, Steps = request.Steps,
+                GuidanceScale = request.GuidanceScale, Scheduler = request.Scheduler, Width = request.Width, Height = request.Height,
+            }, log: CliSupport.Warn);
+            options = options.ForRun(sd, session.Width, session.Height, session.Evaluations);
+            using var result = session.Edit(new EditRequest([], new EditDescription { Edit = EditKind.Store }), options,
+                new ConsoleProgress("denoising"), CliSupport.Cancellation);
+            var store = result.Controller;
+            var metadata = new Dictionary<string, string>(result.Metadata);
             var written = new List<string>();
             Png.Save(Path.Combine(outDir, "image.png"), result.Images[0], metadata);
             written.Add(Path.Combine(outDir, "image.png"));

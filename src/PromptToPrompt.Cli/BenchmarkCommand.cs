@@ -48,8 +48,23 @@ static class BenchmarkCommand
             Measure("plain generation, 2 prompts", n, () => Denoise(pipeline, Request("a cat riding a bicycle", "a cat riding a car"), null).Dispose());
             using (var store = new AttentionStore(1))
                 Measure("generation + AttentionStore", n, () => Denoise(pipeline, Request("a cat riding a bicycle"), store).Dispose());
-            using (var swap = new AttentionReplace(sd.Tokenizer, ["a cat riding a bicycle", "a cat riding a car"], n, new EditSchedule(0.8, StepWindow.Until(0.4))))
-                Measure("word swap, 2 prompts", n, () => Denoise(pipeline, Request("a cat riding a bicycle", "a cat riding a car"), swap).Dispose());
+            AttentionReplace Swap(string target) => new(sd.Tokenizer, ["a cat riding a bicycle", target], n, new EditSchedule(0.8, StepWindow.Until(0.4)));
+            TimeSpan batched;
+            using (var swap = Swap("a cat riding a car"))
+                batched = Measure("word swap, 2 prompts", n, () => Denoise(pipeline, Request("a cat riding a bicycle", "a cat riding a car"), swap).Dispose());
+            // The source cache: record the source once, then edit with the targets alone (EditSession does this).
+            var plan = new Editing.EditSession(sd, new Editing.SourceSettings { Prompt = "a cat riding a bicycle", Steps = n, Scheduler = "ddim", Seed = 1, Width = w, Height = h }).Plan;
+            using (var trajectory = SourceTrajectory.Allocate(plan, sd.Placement.Device))
+            {
+                Measure($"record the source ({TrajectoryPlan.Megabytes(plan.Bytes)} cached)", n,
+                    () => Denoise(pipeline, Request("a cat riding a bicycle"), new SourceRecorder(trajectory)).Dispose());
+                using var swap = Swap("a cat riding a horse");
+                var later = Measure("later word swap, target alone + cache", n, () =>
+                    Denoise(pipeline, Request("a cat riding a horse"), new CachedSourceEdit(trajectory, [new CachedSourceEdit.Group(swap, 1)])).Dispose());
+                Console.WriteLine($"a later edit costs {later / batched:0.00}x the batched word swap; the cached source holds {TrajectoryPlan.Megabytes(plan.Bytes)} " +
+                                  $"({plan.Evaluations} evaluations, {plan.Layers.Count(l => l.Kind == SourceRecordKind.Maps)} layers as maps, " +
+                                  $"{plan.Layers.Count(l => l.Kind != SourceRecordKind.Maps)} as queries/keys, {plan.Storage.ToString().ToLowerInvariant()})");
+            }
             Measure("VAE decode, 1 image", 1, () => pipeline.Decode(final!));
             if (r.GetValue(inversion))
             {
@@ -64,7 +79,7 @@ static class BenchmarkCommand
     }
 
     /// <summary>The denoising loop alone (no VAE decoding), as <see cref="StableDiffusionPipeline.Generate"/> runs it.</summary>
-    static Tensor Denoise(StableDiffusionPipeline pipeline, GenerationRequest request, AttentionController? controller)
+    static Tensor Denoise(StableDiffusionPipeline pipeline, GenerationRequest request, IRunController? controller)
     {
         var scheduler = Schedulers.Schedulers.Create("ddim", pipeline.Model.Scheduler, request.Steps);
         int count = request.Prompts.Count;
@@ -76,11 +91,12 @@ static class BenchmarkCommand
             return pipeline.Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, null, CliSupport.Cancellation);
     }
 
-    static void Measure(string what, int steps, Action action)
+    static TimeSpan Measure(string what, int steps, Action action)
     {
         var clock = Stopwatch.StartNew();
         action();
         Report(what, clock.Elapsed, steps);
+        return clock.Elapsed;
     }
 
     static void Report(string what, TimeSpan elapsed, int? steps)
