@@ -13,6 +13,7 @@ static class SweepCommand
     public static Command Create()
     {
         var model = CliSupport.Model();
+        var specFile = new Option<string?>("--spec") { Description = "An edit spec (as p2p edit --spec) with the source and one target: the edit the cells start from." };
         var prompt = new Option<string?>("--prompt", "-p") { Description = "Source prompt (or the inversion's, with --inversion)." };
         var target = new Option<string?>("--target", "-t") { Description = "Edited prompt (default: the source prompt, for re-weighting sweeps)." };
         var edit = new Option<string?>("--edit") { Description = "replace, refine or reweight (default: from the prompts, as p2p edit)." };
@@ -31,7 +32,7 @@ static class SweepCommand
         var output = new Option<string>("--out", "-o") { Description = "Output folder: source.png, one PNG per cell, grid.png.", Required = true };
         var command = new Command("sweep", "Edit one source over a grid of edit parameters (cross/self-replace fractions, re-weighting, blend threshold).")
         {
-            model, prompt, target, edit, cross, self, reweight, blend, threshold, variant, inversion, batch, overwrite, output,
+            model, specFile, prompt, target, edit, cross, self, reweight, blend, threshold, variant, inversion, batch, overwrite, output,
         };
         foreach (var o in sampling.All.Concat(cacheOptions.All).Concat(modelOptions.All)) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
@@ -54,9 +55,17 @@ static class SweepCommand
                 throw new UserError($"A sweep varies one or two of --cross-replace, --self-replace, --reweight, --blend-threshold (comma-separated values); got {swept.Count}.");
             if (r.GetValue(batch) < 1) throw new UserError($"--batch must be at least 1; got {r.GetValue(batch)}.");
 
-            // The edit the cells start from: the flags of p2p edit, then every single-valued axis.
+            // The edit the cells start from: a spec file or the flags of p2p edit, then every single-valued axis.
             var targetPrompt = r.GetValue(target) ?? source;
-            var spec = EditCommand.FromFlags(source, targetPrompt is null ? [] : [targetPrompt], r.GetValue(edit),
+            EditSpec spec;
+            if (r.GetValue(specFile) is { } specPath)
+            {
+                if (new Option[] { prompt, target, edit, blend, variant }.FirstOrDefault(o => r.GetResult(o) is not null) is { } clash)
+                    throw new UserError($"{clash.Name} cannot be combined with --spec: put it in the spec file.");
+                spec = EditSpec.Load(specPath);
+                if (spec.Prompts.Count != 2) throw new UserError($"{specPath}: a sweep edits one source into one target; the spec has {spec.Prompts.Count} prompts.");
+            }
+            else spec = EditCommand.FromFlags(source, targetPrompt is null ? [] : [targetPrompt], r.GetValue(edit),
                 null, null, r.GetValue(blend), null, [], r.GetValue(variant));
             IReadOnlyList<string> prompts = [spec.Prompts[0], spec.Prompts[1]];
             var baseEdit = spec.Edit;
@@ -69,21 +78,24 @@ static class SweepCommand
             var files = cells.Select(x => Path.Combine(outDir, Sweep.FileName(x))).Append(Path.Combine(outDir, "source.png")).Append(Path.Combine(outDir, "grid.png")).ToList();
             foreach (var f in files) AtomicFile.EnsureWritable(f, replace);
             using var cache = cacheOptions.Create(r, always: true)!;
-            var (initial, seed) = inversionFile is null ? sampling.Prepare(r) : (null, 0);
-            using var _ = initial;
+            if (spec.Scheduler is not null && !Schedulers.Schedulers.Names.Contains(spec.Scheduler))
+                throw new UserError($"Unknown scheduler '{spec.Scheduler}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
+            using var initial = inversionFile is null && (r.GetValue(sampling.Latent) ?? spec.Latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
+            long seed = spec.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
+            // Command-line generation options override the spec's.
+            T Pick<T>(Option<T> o, T fallback) => r.GetResult(o) is not null ? r.GetValue(o)! : fallback;
             spec = spec with
             {
-                Steps = r.GetValue(sampling.Steps), GuidanceScale = r.GetValue(sampling.Guidance), Scheduler = r.GetValue(sampling.Scheduler),
-                Width = r.GetValue(sampling.Width), Height = r.GetValue(sampling.Height), NegativePrompt = r.GetValue(sampling.Negative) ?? "",
+                Steps = Pick(sampling.Steps, r.GetValue(specFile) is null ? r.GetValue(sampling.Steps) : spec.Steps),
+                GuidanceScale = Pick(sampling.Guidance, r.GetValue(specFile) is null ? r.GetValue(sampling.Guidance) : spec.GuidanceScale),
+                Scheduler = r.GetValue(sampling.Scheduler) ?? spec.Scheduler, Width = r.GetValue(sampling.Width) ?? spec.Width,
+                Height = r.GetValue(sampling.Height) ?? spec.Height, NegativePrompt = r.GetValue(sampling.Negative) ?? spec.NegativePrompt,
+                Seed = r.GetValue(sampling.Seed) ?? spec.Seed, Model = r.GetValue(model) ?? spec.Model,
             };
             if (inversionFile is not null) spec = EditCommand.ForInversion(spec, inversionFile, r.GetResult(sampling.Steps) is not null || r.GetResult(sampling.Guidance) is not null);
-            using var sd = modelOptions.Load(r, r.GetValue(model));
+            using var sd = modelOptions.Load(r, spec.Model);
             var settings = inversionFile is not null ? EditCommand.FromInversionFile(inversionFile, r.GetValue(inversion)!, sd, spec)
-                : new SourceSettings
-                {
-                    Prompt = prompts[0], NegativePrompt = spec.NegativePrompt, Seed = seed, InitialLatent = initial, Steps = spec.Steps,
-                    GuidanceScale = spec.GuidanceScale, Scheduler = spec.Scheduler, Width = spec.Width, Height = spec.Height, Variant = spec.Edit.Variant,
-                };
+                : EditCommand.FromPrompt(spec, initial, seed);
             var session = new EditSession(sd, settings with { CacheStorage = cacheOptions.Storage(r) }, cache, CliSupport.Warn);
             Console.Error.WriteLine($"sweep: {cells.Count} cells of {string.Join(" x ", swept.Select(a => $"{a.Name} ({a.Values.Count})"))}, {r.GetValue(batch)} per batch");
             var results = session.EditAll(cells.Select(x => x.Request).ToList(), r.GetValue(batch), null, new ConsoleProgress("sweep"), CliSupport.Cancellation);

@@ -46,9 +46,11 @@ public class ShippedModelTests(ITestOutputHelper output)
         output.WriteLine(report.ToTable());
         // Null-text inversion (Mokady et al.) comes back nearly as exactly as the VAE allows; plain DDIM inversion under
         // guidance drifts; negative-prompt inversion lies between.
-        Assert.True(report.NullText >= report.Vae - 1, $"null-text reconstruction {report.NullText:0.0} dB is more than 1 dB below the VAE's {report.Vae:0.0} dB");
-        Assert.True(report.NullText >= report.Ddim + 4, $"null-text reconstruction {report.NullText:0.0} dB is not clearly above DDIM's {report.Ddim:0.0} dB");
-        Assert.True(report.NegativePrompt >= report.Ddim + 3, $"negative-prompt reconstruction {report.NegativePrompt:0.0} dB is not clearly above DDIM's {report.Ddim:0.0} dB");
+        Assert.True(report[InversionMethod.NullText].Psnr >= report.Vae - 1, $"null-text reconstruction {report[InversionMethod.NullText].Psnr:0.0} dB is more than 1 dB below the VAE's {report.Vae:0.0} dB");
+        Assert.True(report[InversionMethod.NullText].Psnr >= report[InversionMethod.Ddim].Psnr + 4, $"null-text reconstruction {report[InversionMethod.NullText].Psnr:0.0} dB is not clearly above DDIM's {report[InversionMethod.Ddim].Psnr:0.0} dB");
+        // Direct inversion ends on the photo's own latent: exactly the VAE's round trip.
+        Assert.True(Math.Abs(report[InversionMethod.Direct].Psnr - report.Vae) < 0.01, $"direct-inversion reconstruction {report[InversionMethod.Direct].Psnr:0.00} dB differs from the VAE's {report.Vae:0.00} dB");
+        Assert.True(report[InversionMethod.NegativePrompt].Psnr >= report[InversionMethod.Ddim].Psnr + 3, $"negative-prompt reconstruction {report[InversionMethod.NegativePrompt].Psnr:0.0} dB is not clearly above DDIM's {report[InversionMethod.Ddim].Psnr:0.0} dB");
     }
 
     [Fact]
