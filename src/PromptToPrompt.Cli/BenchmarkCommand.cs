@@ -17,7 +17,7 @@ static class BenchmarkCommand
         var steps = CliSupport.Steps(5);
         var width = CliSupport.Width();
         var height = CliSupport.Height();
-        var inversion = new Option<bool>("--inversion") { Description = "Also time null-text inversion (one step of inner iterations)." };
+        var inversion = new Option<bool>("--inversion") { Description = "Also time null-text inversion (one step of inner iterations) and direct inversion." };
         var modelOptions = CliSupport.ModelOptions.Create();
         var command = new Command("benchmark", "Measure time and peak memory of generation, editing, decoding and inversion.")
         {
@@ -71,6 +71,9 @@ static class BenchmarkCommand
                 var photo = pipeline.Decode(final!)[0];
                 Measure("null-text inversion, 1 step x 10 inner", 1, () =>
                     new Inversion(pipeline).Invert(photo, "a cat riding a bicycle", new InversionSettings(InversionMethod.NullText, 1, 10, EarlyStopEpsilon: 0)).Dispose());
+                // Direct and negative-prompt inversion need no optimisation: the DDIM inversion alone, one UNet evaluation per step.
+                Measure($"direct inversion, {n} steps", n, () =>
+                    new Inversion(pipeline).Invert(photo, "a cat riding a bicycle", new InversionSettings(InversionMethod.Direct, n)).Dispose());
             }
             final?.Dispose();
             return 0;

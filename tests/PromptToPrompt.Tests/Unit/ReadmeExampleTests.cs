@@ -1,4 +1,5 @@
 using PromptToPrompt.Control;
+using PromptToPrompt.Editing;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Models;
 using PromptToPrompt.Pipelines;
@@ -26,5 +27,22 @@ public class ReadmeExampleTests
         Assert.Equal([4L, 4, 77], maps.shape);
         Assert.Equal(2, edit.Images.Length);
         Assert.True(File.Exists(dir.File("cat.png")));
+    }
+
+    [Fact]
+    public void The_editing_layer_example_runs()
+    {
+        using var model = StableDiffusionModel.Load(ShippedModelTests.Folder, ModelPlacement.Cpu);
+        using var dir = new TempDir();
+        using var cache = new SourceCache(budgetMb: 4096, directory: dir.File("cache"));
+        var session = new EditSession(model, new SourceSettings { Prompt = "a large red circle on a white background", Seed = 3, Steps = 5, Scheduler = "ddim" }, cache);
+        using var blue = session.Edit(new EditRequest(["a large blue circle on a white background"], new EditDescription { Edit = EditKind.Replace }));
+        var sweep = new Sweep("a large red star on a white background", new EditDescription { Edit = EditKind.Replace },
+                              [new SweepAxis(SweepParameter.CrossReplace, [0.2, 0.6, 1.0])]);
+        var cells = session.EditAll(sweep.Cells(session.Source.Prompt).Select(c => c.Request).ToList(), batch: 4);
+        Assert.Equal(3, cells.Count);
+        Assert.All(cells, c => Assert.Same(blue.Images[0], c.Images[0]));
+        Assert.Single(Directory.GetFiles(dir.File("cache"), "*.safetensors"));
+        foreach (var c in cells) c.Dispose();
     }
 }
