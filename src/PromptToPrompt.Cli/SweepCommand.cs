@@ -78,20 +78,20 @@ static class SweepCommand
             var files = cells.Select(x => Path.Combine(outDir, Sweep.FileName(x))).Append(Path.Combine(outDir, "source.png")).Append(Path.Combine(outDir, "grid.png")).ToList();
             foreach (var f in files) AtomicFile.EnsureWritable(f, replace);
             using var cache = cacheOptions.Create(r, always: true)!;
-            if (spec.Scheduler is not null && !Schedulers.Schedulers.Names.Contains(spec.Scheduler))
-                throw new UserError($"Unknown scheduler '{spec.Scheduler}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
-            using var initial = inversionFile is null && (r.GetValue(sampling.Latent) ?? spec.Latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
-            long seed = spec.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
-            // Command-line generation options override the spec's.
-            T Pick<T>(Option<T> o, T fallback) => r.GetResult(o) is not null ? r.GetValue(o)! : fallback;
+            // Command-line generation options override the spec's (steps and guidance only when given: they have defaults).
+            bool fromSpec = r.GetValue(specFile) is not null;
             spec = spec with
             {
-                Steps = Pick(sampling.Steps, r.GetValue(specFile) is null ? r.GetValue(sampling.Steps) : spec.Steps),
-                GuidanceScale = Pick(sampling.Guidance, r.GetValue(specFile) is null ? r.GetValue(sampling.Guidance) : spec.GuidanceScale),
+                Steps = fromSpec && r.GetResult(sampling.Steps) is null ? spec.Steps : r.GetValue(sampling.Steps),
+                GuidanceScale = fromSpec && r.GetResult(sampling.Guidance) is null ? spec.GuidanceScale : r.GetValue(sampling.Guidance),
                 Scheduler = r.GetValue(sampling.Scheduler) ?? spec.Scheduler, Width = r.GetValue(sampling.Width) ?? spec.Width,
                 Height = r.GetValue(sampling.Height) ?? spec.Height, NegativePrompt = r.GetValue(sampling.Negative) ?? spec.NegativePrompt,
                 Seed = r.GetValue(sampling.Seed) ?? spec.Seed, Model = r.GetValue(model) ?? spec.Model,
             };
+            if (spec.Scheduler is not null && !Schedulers.Schedulers.Names.Contains(spec.Scheduler))
+                throw new UserError($"Unknown scheduler '{spec.Scheduler}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
+            using var initial = inversionFile is null && (r.GetValue(sampling.Latent) ?? spec.Latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
+            long seed = spec.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
             if (inversionFile is not null) spec = EditCommand.ForInversion(spec, inversionFile, r.GetResult(sampling.Steps) is not null || r.GetResult(sampling.Guidance) is not null);
             using var sd = modelOptions.Load(r, spec.Model);
             var settings = inversionFile is not null ? EditCommand.FromInversionFile(inversionFile, r.GetValue(inversion)!, sd, spec)

@@ -146,7 +146,7 @@ public sealed class EditSession
     {
         Prompts = [Source.Prompt, .. request.Targets], Edit = request.Edit, Steps = Source.Steps, GuidanceScale = Source.GuidanceScale,
         Scheduler = SchedulerName, Seed = Source.InitialLatent is null ? Source.Seed : null, Width = Width, Height = Height,
-        NegativePrompt = Source.NegativePrompt, Model = _model.Name,
+        NegativePrompt = Source.NegativePrompt, Model = _model.Location,
     };
 
     Dictionary<string, string> Metadata(EditSpec spec)

@@ -60,7 +60,7 @@ public static class SingleFileCheckpoint
         if (ignored > 0) log?.Invoke($"note: {ignored} tensor(s) outside the UNet, VAE and text encoder (e.g. EMA copies) were ignored.");
         return new StableDiffusionModel
         {
-            Name = Path.GetFileNameWithoutExtension(path), Tokenizer = tokenizer, TextEncoder = text, UNet = unet, Vae = vae,
+            Name = Path.GetFileNameWithoutExtension(path), Location = Path.GetFullPath(path), Tokenizer = tokenizer, TextEncoder = text, UNet = unet, Vae = vae,
             Scheduler = scheduler, Placement = placement,
         };
     }

@@ -41,6 +41,8 @@ public sealed record ModelPlacement(Device Device, ScalarType DType)
 public sealed class StableDiffusionModel : IDisposable
 {
     public required string Name { get; init; }
+    /// <summary>The folder or file it was loaded from (null for models built in memory).</summary>
+    public string? Location { get; init; }
     public required ClipTokenizer Tokenizer { get; init; }
     public required ClipTextModel TextEncoder { get; init; }
     public required UNet2DConditionModel UNet { get; init; }
@@ -93,7 +95,7 @@ public sealed class StableDiffusionModel : IDisposable
         LoadComponent(vae, WeightLoader.ComponentFiles(Sub("vae"), "diffusion_pytorch_model", preferFp16), "vae", placement, log, VaeAttentionNames);
         return new StableDiffusionModel
         {
-            Name = Path.GetFileName(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar)),
+            Name = Path.GetFileName(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar)), Location = Path.GetFullPath(folder),
             Tokenizer = tokenizer, TextEncoder = textEncoder, UNet = unet, Vae = vae,
             Scheduler = schedulerConfig, Placement = placement,
         };

@@ -1,4 +1,3 @@
-using System.Text.Json.Nodes;
 using PromptToPrompt.Control;
 using PromptToPrompt.Editing;
 using PromptToPrompt.Imaging;
@@ -71,20 +70,12 @@ public class CachedSourceConformanceTests(ConformanceData data, ITestOutputHelpe
     }
 
     [Theory]
-    [InlineData("replace", "{\"edit\": \"replace\", \"cross_replace_steps\": {\"default_\": 0.8}, \"self_replace_steps\": 0.5}")]
-    [InlineData("replace_blend_reweight", "{\"edit\": \"reweight\", \"equalizer\": {\"words\": [\"cube\"], \"values\": [2]}, " +
-        "\"base\": {\"edit\": \"replace\", \"cross_replace_steps\": {\"default_\": 0.8}, \"self_replace_steps\": 0.5}, " +
-        "\"local_blend\": {\"words\": [[\"ball\"], [\"cube\"]], \"threshold\": [0.3, 0.3], \"start_blend\": 0.2}, " +
-        "\"cross_replace_steps\": {\"default_\": 0.8}, \"self_replace_steps\": 0.5}")]
+    [MemberData(nameof(NullTextEditConformanceTests.Edits), MemberType = typeof(NullTextEditConformanceTests))]
     public void Null_text_edit_matches_the_reference_through_the_cache(string name, string edit)
     {
         using var golden = new SafetensorsFile(ConformanceData.Golden("inversion/inv01_red_ball.safetensors"));
-        string[] prompts = ["a red ball next to a blue ball", "a red cube next to a blue ball"];
-        var root = JsonNode.Parse(edit)!.AsObject();
-        root["prompts"] = new JsonArray(prompts.Select(p => (JsonNode)p).ToArray());
-        root["variant"] = "null_text";
-        root["steps"] = 10;
-        var spec = EditSpec.Parse(root);
+        var prompts = NullTextEditConformanceTests.Prompts;
+        var spec = NullTextEditConformanceTests.Spec(edit);
         using var ddim = golden.Read("ddim_latents");
         using var nulls = golden.Read("uncond_embeddings");
         using var cache = new SourceCache();

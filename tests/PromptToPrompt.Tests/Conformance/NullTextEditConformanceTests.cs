@@ -19,7 +19,7 @@ namespace PromptToPrompt.Tests.Conformance;
 public class NullTextEditConformanceTests(ConformanceData data, ITestOutputHelper output)
 {
     const string Case = "inversion/inv01_red_ball";
-    static readonly string[] Prompts = ["a red ball next to a blue ball", "a red cube next to a blue ball"];
+    public static readonly string[] Prompts = ["a red ball next to a blue ball", "a red cube next to a blue ball"];
 
     GenerationResult Run(SafetensorsFile golden, IReadOnlyList<string> prompts, AttentionController controller, bool nullText = true)
     {
@@ -57,20 +57,32 @@ public class NullTextEditConformanceTests(ConformanceData data, ITestOutputHelpe
         AssertLatents(golden, "reconstruction_without_null_text/latents_final", plain.Latents);
     }
 
-    [Theory]
-    [InlineData("replace", "{\"edit\": \"replace\", \"cross_replace_steps\": {\"default_\": 0.8}, \"self_replace_steps\": 0.5}")]
-    [InlineData("replace_blend_reweight", "{\"edit\": \"reweight\", \"equalizer\": {\"words\": [\"cube\"], \"values\": [2]}, " +
-        "\"base\": {\"edit\": \"replace\", \"cross_replace_steps\": {\"default_\": 0.8}, \"self_replace_steps\": 0.5}, " +
-        "\"local_blend\": {\"words\": [[\"ball\"], [\"cube\"]], \"threshold\": [0.3, 0.3], \"start_blend\": 0.2}, " +
-        "\"cross_replace_steps\": {\"default_\": 0.8}, \"self_replace_steps\": 0.5}")]
-    public void Edit_matches_the_reference(string name, string edit)
+    /// <summary>The reference's two edits of the case, as spec JSON (without prompts, variant and steps).</summary>
+    public static TheoryData<string, string> Edits => new()
     {
-        using var golden = new SafetensorsFile(ConformanceData.Golden($"{Case}.safetensors"));
+        { "replace", "{\"edit\": \"replace\", \"cross_replace_steps\": {\"default_\": 0.8}, \"self_replace_steps\": 0.5}" },
+        { "replace_blend_reweight", "{\"edit\": \"reweight\", \"equalizer\": {\"words\": [\"cube\"], \"values\": [2]}, " +
+            "\"base\": {\"edit\": \"replace\", \"cross_replace_steps\": {\"default_\": 0.8}, \"self_replace_steps\": 0.5}, " +
+            "\"local_blend\": {\"words\": [[\"ball\"], [\"cube\"]], \"threshold\": [0.3, 0.3], \"start_blend\": 0.2}, " +
+            "\"cross_replace_steps\": {\"default_\": 0.8}, \"self_replace_steps\": 0.5}" },
+    };
+
+    /// <summary>The spec of one of <see cref="Edits"/> on the case's prompts.</summary>
+    public static EditSpec Spec(string edit)
+    {
         var root = JsonNode.Parse(edit)!.AsObject();
         root["prompts"] = new JsonArray(Prompts.Select(p => (JsonNode)p).ToArray());
         root["variant"] = "null_text";
         root["steps"] = 10;
-        var spec = EditSpec.Parse(root);
+        return EditSpec.Parse(root);
+    }
+
+    [Theory]
+    [MemberData(nameof(Edits))]
+    public void Edit_matches_the_reference(string name, string edit)
+    {
+        using var golden = new SafetensorsFile(ConformanceData.Golden($"{Case}.safetensors"));
+        var spec = Spec(edit);
         using var controller = (AttentionEdit)spec.Edit.Build(data.Model.Tokenizer, spec.Prompts, 10);
         TensorAssert.Equal(golden.Read($"edit_{name}/controller/cross_replace_alpha"), controller.CrossReplaceAlpha, "cross_replace_alpha");
         if (controller is AttentionReweight r)
