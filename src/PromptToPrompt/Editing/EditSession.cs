@@ -283,16 +283,6 @@ public sealed class EditSession
         }
     }
 
-    /// <summary>The source prompt sampled alone (from the cache when the session has one): a generation, or an inversion's reconstruction.</summary>
-    public RgbImage SourceImage(IProgress<StepProgress>? progress = null, CancellationToken cancel = default)
-    {
-        if (Cache is not null) return Recorded(progress, cancel).Image;
-        if (Source.DirectTrajectory is not null) throw new UserError("A direct inversion is sampled through the source cache: open the session with one.");
-        var result = _pipeline.Generate(Request([Source.Prompt]), progress, null, cancel);
-        result.Latents.Dispose();
-        return result.Images[0];
-    }
-
     /// <summary>A source from an inversion file: its prompt, x_T, steps, guidance, DDIM, and null embeddings or direct trajectory.</summary>
     public static SourceSettings FromInversion(InversionFile file, ReferenceVariant variant, string origin) => new()
     {
