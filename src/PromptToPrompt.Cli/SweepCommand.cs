@@ -79,11 +79,12 @@ static class SweepCommand
             foreach (var f in files) AtomicFile.EnsureWritable(f, replace);
             using var cache = cacheOptions.Create(r, always: true)!;
             // Command-line generation options override the spec's (steps and guidance only when given: they have defaults).
-            bool fromSpec = r.GetValue(specFile) is not null;
+            bool Given(Option o) => r.GetResult(o) is { Implicit: false };
+            bool fromSpec = r.GetValue(specFile) is not null || inversionFile is not null;
             spec = spec with
             {
-                Steps = fromSpec && r.GetResult(sampling.Steps) is null ? spec.Steps : r.GetValue(sampling.Steps),
-                GuidanceScale = fromSpec && r.GetResult(sampling.Guidance) is null ? spec.GuidanceScale : r.GetValue(sampling.Guidance),
+                Steps = fromSpec && !Given(sampling.Steps) ? spec.Steps : r.GetValue(sampling.Steps),
+                GuidanceScale = fromSpec && !Given(sampling.Guidance) ? spec.GuidanceScale : r.GetValue(sampling.Guidance),
                 Scheduler = r.GetValue(sampling.Scheduler) ?? spec.Scheduler, Width = r.GetValue(sampling.Width) ?? spec.Width,
                 Height = r.GetValue(sampling.Height) ?? spec.Height, NegativePrompt = r.GetValue(sampling.Negative) ?? spec.NegativePrompt,
                 Seed = r.GetValue(sampling.Seed) ?? spec.Seed, Model = r.GetValue(model) ?? spec.Model,
@@ -92,7 +93,7 @@ static class SweepCommand
                 throw new UserError($"Unknown scheduler '{spec.Scheduler}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
             using var initial = inversionFile is null && (r.GetValue(sampling.Latent) ?? spec.Latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
             long seed = spec.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
-            if (inversionFile is not null) spec = EditCommand.ForInversion(spec, inversionFile, r.GetResult(sampling.Steps) is not null || r.GetResult(sampling.Guidance) is not null);
+            if (inversionFile is not null) spec = EditCommand.ForInversion(spec, inversionFile, Given(sampling.Steps) || Given(sampling.Guidance));
             using var sd = modelOptions.Load(r, spec.Model);
             var settings = inversionFile is not null ? EditCommand.FromInversionFile(inversionFile, r.GetValue(inversion)!, sd, spec)
                 : EditCommand.FromPrompt(spec, initial, seed);

@@ -35,6 +35,29 @@ public class SweepCliTests
         Assert.Equal(RgbImage.Load(cell).Pixels, RgbImage.Load(Path.Combine(dir.File("edit"), "prompt_1.png")).Pixels);
     }
 
+    [Fact]
+    public void Sweep_takes_its_settings_from_a_spec_or_an_inversion()
+    {
+        using var dir = new TempDir();
+        var examples = Path.Combine(Path.GetDirectoryName(ShippedModelTests.Folder)!, "..", "examples");
+        var (code, _, stderr) = CliTests.RunP2P("sweep", "--spec", Path.Combine(examples, "shapes_sweep.json"), "--cross-replace", "0.2,1", "--out", dir.File("spec"));
+        Assert.True(code == 0, stderr);
+        var text = Png.ReadText(Path.Combine(dir.File("spec"), "cross_replace_1.png"));
+        Assert.Contains("\"steps\":20", text["prompt-to-prompt"]);
+        Assert.Contains("\"seed\":5", text["prompt-to-prompt"]);
+
+        const string photoPrompt = "a large purple square and a small white circle on a blue background";
+        var inv = CliTests.RunP2P("invert", "--image", Path.Combine(examples, "shapes_photo.png"), "--prompt", photoPrompt, "--method", "direct",
+            "--steps", "6", "--out", dir.File("inv.safetensors"));
+        Assert.True(inv.Code == 0, inv.Err);
+        var sweep = CliTests.RunP2P("sweep", "--inversion", dir.File("inv.safetensors"), "--target", photoPrompt.Replace("purple", "orange"),
+            "--self-replace", "0.2,0.6", "--out", dir.File("inv"));
+        Assert.True(sweep.Code == 0, sweep.Err);
+        var cell = Png.ReadText(Path.Combine(dir.File("inv"), "self_replace_0.6.png"));
+        Assert.Contains("\"steps\":6", cell["prompt-to-prompt"]);
+        Assert.Contains("(direct, image sha256", cell["inversion"]);
+    }
+
     [Theory]
     [InlineData("error: The cross_replace sweep value 1.5 is outside [0, 1]", "--cross-replace", "0.2,1.5")]
     [InlineData("error: The reweight blue sweep value 50 is outside [-10, 10]", "--reweight", "blue=1,50")]
