@@ -40,13 +40,8 @@ static class AttentionCommand
             using var _ = initial;
             using var sd = modelOptions.Load(r, r.GetValue(model));
             var text = r.GetValue(prompt)!;
-            var request = sampling.Request(r, [text], initial, seedValue);
-            var session = new EditSession(sd, new SourceSettings
-            {
-                Prompt = text, NegativePrompt = request.NegativePrompt, Seed = seedValue, InitialLatent = initial, Steps = request.Steps,
-                GuidanceScale = request.GuidanceScale, Scheduler = request.Scheduler, Width = request.Width, Height = request.Height,
-            }, log: CliSupport.Warn);
-            options = options.ForRun(sd, session.Width, session.Height, session.Evaluations);
+            var (session, resolved) = new EditSession(sd, sampling.Source(r, text, initial, seedValue), log: CliSupport.Warn).ForViews(options);
+            options = resolved;
             using var result = session.Edit(new EditRequest([], new EditDescription { Edit = EditKind.Store }), options,
                 new ConsoleProgress("denoising"), CliSupport.Cancellation);
             var store = result.Controller;

@@ -95,6 +95,13 @@ static class CliSupport
             return (initial, seed);
         }
 
+        /// <summary>The same settings as the source of an editing session.</summary>
+        public Editing.SourceSettings Source(ParseResult r, string prompt, TorchSharp.torch.Tensor? initial, long seed) => new()
+        {
+            Prompt = prompt, NegativePrompt = r.GetValue(Negative) ?? "", Steps = r.GetValue(Steps), GuidanceScale = r.GetValue(Guidance),
+            Scheduler = r.GetValue(Scheduler), Seed = seed, InitialLatent = initial, Width = r.GetValue(Width), Height = r.GetValue(Height),
+        };
+
         public GenerationRequest Request(ParseResult r, IReadOnlyList<string> prompts, TorchSharp.torch.Tensor? initial, long seed) => new()
         {
             Prompts = prompts, NegativePrompt = r.GetValue(Negative) ?? "", Steps = r.GetValue(Steps), GuidanceScale = r.GetValue(Guidance),
@@ -131,7 +138,8 @@ static class CliSupport
         public Editing.SourceCache? Create(ParseResult r, bool always)
         {
             var dir = r.GetValue(Dir);
-            if (dir is null && !always && r.GetResult(BudgetMb) is null) return null;
+            // --cache-budget has a default, so only an explicit one asks for a (memory) cache.
+            if (dir is null && !always && r.GetResult(BudgetMb) is not { Implicit: false }) return null;
             return new Editing.SourceCache(r.GetValue(BudgetMb), dir, Warn);
         }
 

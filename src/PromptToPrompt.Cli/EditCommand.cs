@@ -128,11 +128,7 @@ static class EditCommand
                 source = FromPrompt(s, initial, seedValue);
             }
             var session = new EditSession(sd, source with { CacheStorage = storage }, cache, CliSupport.Warn);
-            if (show)
-            {
-                viewOptions = viewOptions.ForRun(sd, session.Width, session.Height, session.Evaluations);
-                session = new EditSession(sd, session.Source with { ExtraSelfPixels = viewOptions.StoreSettings.SelfMaxPixels }, cache, CliSupport.Warn);
-            }
+            if (show) (session, viewOptions) = session.ForViews(viewOptions);
             using var result = session.Edit(new EditRequest(s.Prompts.Skip(1).ToList(), s.Edit), show ? viewOptions : null,
                 new ConsoleProgress($"{s.Edit.Edit.ToString().ToLowerInvariant()} ({s.Prompts.Count} prompts)"), CliSupport.Cancellation);
             var text = result.Metadata;

@@ -49,10 +49,6 @@ static class SweepCommand
                 axes.Add(new SweepAxis(SweepParameter.Reweight, Values(rw[(eq + 1)..], "--reweight"), rw[..eq]));
             }
             if (r.GetValue(threshold) is { } t) axes.Add(new SweepAxis(SweepParameter.BlendThreshold, Values(t, "--blend-threshold")));
-            foreach (var a in axes) a.Validated();
-            var swept = axes.Where(a => a.Values.Count > 1).ToList();
-            if (swept.Count is < 1 or > 2)
-                throw new UserError($"A sweep varies one or two of --cross-replace, --self-replace, --reweight, --blend-threshold (comma-separated values); got {swept.Count}.");
             if (r.GetValue(batch) < 1) throw new UserError($"--batch must be at least 1; got {r.GetValue(batch)}.");
 
             // The edit the cells start from: a spec file or the flags of p2p edit, then every single-valued axis.
@@ -68,9 +64,7 @@ static class SweepCommand
             else spec = EditCommand.FromFlags(source, targetPrompt is null ? [] : [targetPrompt], r.GetValue(edit),
                 null, null, r.GetValue(blend), null, [], r.GetValue(variant));
             IReadOnlyList<string> prompts = [spec.Prompts[0], spec.Prompts[1]];
-            var baseEdit = spec.Edit;
-            foreach (var a in axes.Where(a => a.Values.Count == 1)) baseEdit = a.Apply(baseEdit, a.Values[0], prompts);
-            var sweep = new Sweep(prompts[1], baseEdit, swept);
+            var sweep = Sweep.Create(prompts[0], prompts[1], spec.Edit, axes);
             var cells = sweep.Cells(prompts[0]);
 
             var outDir = r.GetValue(output)!;
@@ -89,8 +83,6 @@ static class SweepCommand
                 Height = r.GetValue(sampling.Height) ?? spec.Height, NegativePrompt = r.GetValue(sampling.Negative) ?? spec.NegativePrompt,
                 Seed = r.GetValue(sampling.Seed) ?? spec.Seed, Model = r.GetValue(model) ?? spec.Model,
             };
-            if (spec.Scheduler is not null && !Schedulers.Schedulers.Names.Contains(spec.Scheduler))
-                throw new UserError($"Unknown scheduler '{spec.Scheduler}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
             using var initial = inversionFile is null && (r.GetValue(sampling.Latent) ?? spec.Latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
             long seed = spec.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
             if (inversionFile is not null) spec = EditCommand.ForInversion(spec, inversionFile, Given(sampling.Steps) || Given(sampling.Guidance));
@@ -98,7 +90,7 @@ static class SweepCommand
             var settings = inversionFile is not null ? EditCommand.FromInversionFile(inversionFile, r.GetValue(inversion)!, sd, spec)
                 : EditCommand.FromPrompt(spec, initial, seed);
             var session = new EditSession(sd, settings with { CacheStorage = cacheOptions.Storage(r) }, cache, CliSupport.Warn);
-            Console.Error.WriteLine($"sweep: {cells.Count} cells of {string.Join(" x ", swept.Select(a => $"{a.Name} ({a.Values.Count})"))}, {r.GetValue(batch)} per batch");
+            Console.Error.WriteLine($"sweep: {cells.Count} cells of {string.Join(" x ", sweep.Axes.Select(a => $"{a.Name} ({a.Values.Count})"))}, {r.GetValue(batch)} per batch");
             var results = session.EditAll(cells.Select(x => x.Request).ToList(), r.GetValue(batch), null, new ConsoleProgress("sweep"), CliSupport.Cancellation);
             try
             {
@@ -112,7 +104,7 @@ static class SweepCommand
                 Png.Save(files[^1], sweep.Grid(sourceImage, prompts[0], cells, results.Select(x => x.Images[1]).ToList()), new Dictionary<string, string>
                 {
                     ["parameters"] = results[0].Metadata["parameters"],
-                    ["sweep"] = string.Join("; ", swept.Select(a => $"{a.Name}: {string.Join(",", a.Values.Select(v => v.ToString(CultureInfo.InvariantCulture)))}")),
+                    ["sweep"] = string.Join("; ", sweep.Axes.Select(a => $"{a.Name}: {string.Join(",", a.Values.Select(v => v.ToString(CultureInfo.InvariantCulture)))}")),
                 });
                 foreach (var f in files) Console.WriteLine(f);
             }

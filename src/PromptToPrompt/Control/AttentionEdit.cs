@@ -17,7 +17,9 @@ public enum ReferenceVariant { PromptToPrompt, NullText }
 public sealed record EditSchedule(CrossReplaceSteps CrossReplace, StepWindow SelfReplace, ReferenceVariant Variant = ReferenceVariant.PromptToPrompt)
 {
     /// <summary>Largest self-attention map (query count) the edit replaces; larger layers keep their own maps.</summary>
-    public int SelfReplaceMaxPixels => Variant == ReferenceVariant.NullText ? 32 * 32 : 16 * 16;
+    public int SelfReplaceMaxPixels => SelfReplaceMaxPixelsOf(Variant);
+
+    public static int SelfReplaceMaxPixelsOf(ReferenceVariant variant) => variant == ReferenceVariant.NullText ? 32 * 32 : 16 * 16;
 }
 
 /// <summary>

@@ -111,7 +111,7 @@ public sealed class SourceTrajectory : IDisposable
         return t;
     }
 
-    /// <summary>Builds a trajectory from stored tensors (a cache file), checking every shape against the plan.</summary>
+    /// <summary>Builds a trajectory from stored tensors (a cache file), checking every shape against the plan; it takes ownership of what <paramref name="read"/> returns.</summary>
     public static SourceTrajectory FromTensors(TrajectoryPlan plan, Func<string, Tensor> read, Device device)
     {
         Tensor Checked(string name, long[] shape)
@@ -123,7 +123,9 @@ public sealed class SourceTrajectory : IDisposable
                 t.Dispose();
                 throw new InvalidDataException($"tensor {name} is {got}, expected [{string.Join(",", shape)}]");
             }
-            return t.to(device).DetachFromDisposeScope();
+            var moved = t.to(device);
+            if (!ReferenceEquals(moved, t)) t.Dispose();
+            return moved.DetachFromDisposeScope();
         }
         var result = new SourceTrajectory(plan, Checked("latents", [plan.Evaluations, .. plan.LatentShape[1..]]));
         try

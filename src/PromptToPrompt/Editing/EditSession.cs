@@ -40,7 +40,7 @@ public sealed record SourceSettings
     /// <summary>Where the source came from (an inversion file, a photo), for the PNG metadata.</summary>
     public string? Origin { get; init; }
 
-    public int SelfMaxPixels => Math.Max(new EditSchedule(0.8, StepWindow.Until(0.4), Variant).SelfReplaceMaxPixels, ExtraSelfPixels);
+    public int SelfMaxPixels => Math.Max(EditSchedule.SelfReplaceMaxPixelsOf(Variant), ExtraSelfPixels);
 }
 
 /// <summary>One edit of the session's source: its target prompts and the edit (one controller over source + targets).</summary>
@@ -72,6 +72,7 @@ public sealed class EditSession
     readonly StableDiffusionPipeline _pipeline;
     readonly Action<string>? _log;
     SourceKey? _key;
+    TrajectoryPlan? _plan;
 
     public SourceSettings Source { get; }
     public SourceCache? Cache { get; }
@@ -109,7 +110,7 @@ public sealed class EditSession
     ScalarType Storage => Source.CacheStorage ?? _model.Placement.DType;
 
     /// <summary>What the recorded source holds and costs (see <see cref="TrajectoryPlan.Bytes"/>).</summary>
-    public TrajectoryPlan Plan => TrajectoryPlan.For(_model.UNet, Height / _model.VaeScale, Width / _model.VaeScale, _model.Tokenizer.MaxLength,
+    public TrajectoryPlan Plan => _plan ??= TrajectoryPlan.For(_model.UNet, Height / _model.VaeScale, Width / _model.VaeScale, _model.Tokenizer.MaxLength,
         Evaluations, Source.SelfMaxPixels, Storage);
 
     /// <summary>The key of this source in a <see cref="SourceCache"/>.</summary>
@@ -186,6 +187,17 @@ public sealed class EditSession
     }
 
     /// <summary>
+    /// Resolves attention views against this source (grid, steps) and returns the session that records what they
+    /// need: this one, or one that also keeps the self-attention maps the views' components read.
+    /// </summary>
+    public (EditSession Session, AttentionViewOptions Views) ForViews(AttentionViewOptions views)
+    {
+        var resolved = views.ForRun(_model, Width, Height, Evaluations);
+        int self = resolved.StoreSettings.SelfMaxPixels;
+        return (self <= Source.SelfMaxPixels ? this : new EditSession(_model, Source with { ExtraSelfPixels = self }, Cache, _log), resolved);
+    }
+
+    /// <summary>
     /// Runs one edit. <paramref name="views"/> (resolved with <see cref="AttentionViewOptions.ForRun"/>): also keep what
     /// these attention views need. A request without targets and a 'store' edit gives the source with its attention.
     /// </summary>
@@ -218,69 +230,64 @@ public sealed class EditSession
     {
         if (Cache is null) return requests.Select(r => Batched(r, views, progress, cancel)).ToList();
         if (batch < 1) throw new UserError($"The batch size must be at least 1; got {batch}.");
-        // Every edit is checked (words, windows, blends) and the source's size against the budget before anything runs.
-        foreach (var r in requests) r.Edit.Build(_model.Tokenizer, SpecOf(r).Prompts, Source.Steps, views).Dispose();
-        Cache.CheckFits(Plan);
-        var source = Recorded(progress, cancel);
-        using var sourceLatent = source.Trajectory.Latents[^1..].cpu();
+        // Building every edit's controller checks it (words, windows, blends), and the budget is checked, before anything runs.
+        var edits = new List<(EditRequest Request, EditSpec Spec, AttentionStore Controller)>();
         var results = new List<EditResult>();
         try
         {
+            foreach (var r in requests)
+            {
+                var spec = SpecOf(r);
+                edits.Add((r, spec, r.Edit.Build(_model.Tokenizer, spec.Prompts, Source.Steps, views)));
+            }
+            Cache.CheckFits(Plan);
+            var source = Recorded(progress, cancel);
+            using var sourceLatent = source.Trajectory.Latents[^1..].cpu();
             int next = 0;
-            while (next < requests.Count)
+            while (next < edits.Count)
             {
                 // Fill one batch with whole edits (an edit's targets never split).
-                var chunk = new List<EditRequest> { requests[next++] };
-                while (next < requests.Count && chunk.Sum(r => r.Targets.Count) + requests[next].Targets.Count <= batch) chunk.Add(requests[next++]);
-                results.AddRange(RunCached(chunk, source, sourceLatent, views, progress, cancel));
+                int first = next, rows = edits[next++].Request.Targets.Count;
+                while (next < edits.Count && rows + edits[next].Request.Targets.Count <= batch) rows += edits[next++].Request.Targets.Count;
+                results.AddRange(RunCached(edits.GetRange(first, next - first), source, sourceLatent, progress, cancel));
             }
             return results;
         }
         catch
         {
+            // Controllers already handed to results are disposed with them.
+            foreach (var e in edits.Skip(results.Count)) e.Controller.Dispose();
             foreach (var r in results) r.Dispose();
             throw;
         }
     }
 
-    List<EditResult> RunCached(IReadOnlyList<EditRequest> chunk, CachedSource source, Tensor sourceLatent, AttentionViewOptions? views,
+    List<EditResult> RunCached(List<(EditRequest Request, EditSpec Spec, AttentionStore Controller)> chunk, CachedSource source, Tensor sourceLatent,
                                IProgress<StepProgress>? progress, CancellationToken cancel)
     {
-        var specs = chunk.Select(SpecOf).ToList();
-        var controllers = new List<AttentionStore>();
-        try
+        var targets = chunk.SelectMany(e => e.Request.Targets).ToList();
+        RgbImage[] images = [];
+        Tensor? latents = null;
+        if (targets.Count > 0)
         {
-            foreach (var (r, spec) in chunk.Zip(specs)) controllers.Add(r.Edit.Build(_model.Tokenizer, spec.Prompts, Source.Steps, views));
-            var targets = chunk.SelectMany(r => r.Targets).ToList();
-            RgbImage[] images = [];
-            Tensor? latents = null;
-            if (targets.Count > 0)
+            var groups = chunk.Where(e => e.Request.Targets.Count > 0).Select(e => new CachedSourceEdit.Group(e.Controller, e.Request.Targets.Count)).ToList();
+            var run = _pipeline.Generate(Request(targets), progress, new CachedSourceEdit(source.Trajectory, groups), cancel);
+            (images, latents) = (run.Images, run.Latents);
+        }
+        // Edits without targets (attention views of the source) replay the recording.
+        foreach (var e in chunk)
+            if (e.Request.Targets.Count == 0) source.Trajectory.Replay(e.Controller);
+        var results = new List<EditResult>();
+        int offset = 0;
+        using (latents)
+            foreach (var (request, spec, controller) in chunk)
             {
-                var groups = chunk.Zip(controllers).Where(p => p.First.Targets.Count > 0)
-                    .Select(p => new CachedSourceEdit.Group(p.Second, p.First.Targets.Count)).ToList();
-                var run = _pipeline.Generate(Request(targets), progress, new CachedSourceEdit(source.Trajectory, groups), cancel);
-                (images, latents) = (run.Images, run.Latents);
+                int n = request.Targets.Count;
+                var own = n == 0 ? sourceLatent.clone() : cat([sourceLatent, latents![offset..(offset + n)]], 0);
+                results.Add(new EditResult(spec.Prompts, [source.Image, .. images[offset..(offset + n)]], own, controller, Metadata(spec), spec));
+                offset += n;
             }
-            // Edits without targets (attention views of the source) replay the recording.
-            foreach (var (r, c) in chunk.Zip(controllers))
-                if (r.Targets.Count == 0) source.Trajectory.Replay(c);
-            var results = new List<EditResult>();
-            int offset = 0;
-            using (latents)
-                for (int i = 0; i < chunk.Count; i++)
-                {
-                    int n = chunk[i].Targets.Count;
-                    var own = n == 0 ? sourceLatent.clone() : cat([sourceLatent, latents![offset..(offset + n)]], 0);
-                    results.Add(new EditResult(specs[i].Prompts, [source.Image, .. images[offset..(offset + n)]], own, controllers[i], Metadata(specs[i]), specs[i]));
-                    offset += n;
-                }
-            return results;
-        }
-        catch
-        {
-            foreach (var c in controllers) c.Dispose();
-            throw;
-        }
+        return results;
     }
 
     /// <summary>A source from an inversion file: its prompt, x_T, steps, guidance, DDIM, and null embeddings or direct trajectory.</summary>

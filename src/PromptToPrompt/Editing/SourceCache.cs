@@ -147,7 +147,8 @@ public sealed class SourceCache : IDisposable
                 if (!read.TryGetValue("image", out var img) || img.dim() != 3 || img.shape[2] != 3 || img.dtype != ScalarType.Byte)
                     throw new InvalidDataException("corrupt: no source image");
                 var image = new RgbImage((int)img.shape[1], (int)img.shape[0], img.bytes.ToArray());
-                var trajectory = SourceTrajectory.FromTensors(plan, name => read.TryGetValue(name, out var t) ? t.clone() : throw new InvalidDataException($"tensor {name} is missing"), device);
+                // The trajectory takes the tensors read (no copy); whatever it does not take is disposed below.
+                var trajectory = SourceTrajectory.FromTensors(plan, name => read.Remove(name, out var t) ? t : throw new InvalidDataException($"tensor {name} is missing"), device);
                 _log?.Invoke($"cache: loaded the source from {path}");
                 return new CachedSource(trajectory, image);
             }

@@ -77,6 +77,20 @@ public sealed record SweepCell(int Row, int Column, string Label, EditRequest Re
 /// </summary>
 public sealed record Sweep(string Target, EditDescription Edit, IReadOnlyList<SweepAxis> Axes)
 {
+    /// <summary>
+    /// A sweep from the options a user gives: every axis is checked; an axis with one value fixes that parameter in
+    /// the edit every cell starts from; one or two axes with several values are swept.
+    /// </summary>
+    public static Sweep Create(string source, string target, EditDescription edit, IReadOnlyList<SweepAxis> axes)
+    {
+        foreach (var a in axes.Where(a => a.Values.Count == 1)) a.Validated(); // the swept ones are checked by Cells
+        var swept = axes.Where(a => a.Values.Count > 1).ToList();
+        if (swept.Count is < 1 or > 2)
+            throw new UserError($"A sweep varies one or two of --cross-replace, --self-replace, --reweight, --blend-threshold (comma-separated values); got {swept.Count}.");
+        foreach (var a in axes.Where(a => a.Values.Count == 1)) edit = a.Apply(edit, a.Values[0], [source, target]);
+        return new Sweep(target, edit, swept);
+    }
+
     public SweepAxis? Rows => Axes.Count == 2 ? Axes[0] : null;
     public SweepAxis ColumnsAxis => Axes[^1];
 

@@ -155,12 +155,14 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
             var everything = scene.Objects.Select(o => o.Mask).Aggregate((x, y) => x.Zip(y, (p, q) => p || q).ToArray());
             for (int m = 0; m < methods.Length; m++)
             {
+                // The reconstruction is the session's recorded source: sampling from the inversion (for direct inversion,
+                // with the source put back onto the trajectory), the same run every edit of it uses.
                 var clock = System.Diagnostics.Stopwatch.StartNew();
                 using var inverted = inversion.Invert(scene.Image, scene.Caption, new InversionSettings(methods[m], steps, 10, guidance));
-                psnr[m] += Inversion.Psnr(scene.Image, inversion.Reconstruct(inverted));
-                seconds[m] += clock.Elapsed.TotalSeconds;
                 using var cache = new SourceCache();
                 var session = new EditSession(pipeline.Model, EditSession.FromInversion(inverted, ReferenceVariant.PromptToPrompt, "evaluation"), cache);
+                psnr[m] += Inversion.Psnr(scene.Image, session.Recorded().Image);
+                seconds[m] += clock.Elapsed.TotalSeconds;
                 using var edit = session.Edit(new EditRequest([target], new EditDescription
                 {
                     Edit = EditKind.Replace, CrossReplaceSteps = crossReplace, SelfReplaceSteps = StepWindow.Until(selfReplace),

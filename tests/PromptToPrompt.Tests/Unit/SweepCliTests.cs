@@ -94,5 +94,12 @@ public class SweepCliTests
         Assert.True(second.Code == 0, second.Err);
         Assert.Contains("cache: loaded the source", second.Err);
         Assert.Equal(RgbImage.Load(Path.Combine(dir.File("e1"), "prompt_0.png")).Pixels, RgbImage.Load(Path.Combine(dir.File("e2"), "prompt_0.png")).Pixels);
+        // Without --cache (or --cache-budget) an edit runs source and target in one batch and records nothing.
+        var plain = CliTests.RunP2P("edit", "--prompt", Source, "--seed", "3", "--steps", "5", "--target", Target, "--out", dir.File("e3"));
+        Assert.True(plain.Code == 0, plain.Err);
+        Assert.DoesNotContain("cache:", plain.Err);
+        var budgetOnly = CliTests.RunP2P("edit", "--prompt", Source, "--seed", "3", "--steps", "5", "--target", Target, "--cache-budget", "100", "--out", dir.File("e4"));
+        Assert.True(budgetOnly.Code == 0, budgetOnly.Err);
+        Assert.Contains("cache: recorded the source", budgetOnly.Err);
     }
 }
