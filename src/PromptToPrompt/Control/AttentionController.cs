@@ -20,8 +20,8 @@ public interface IRunController : IAttentionHook, IDenoisingObserver;
 /// <summary>
 /// Base of every attention controller: a per-run object installed as the UNet's attention hook and as the
 /// pipeline's step observer. It sees the probabilities of the conditional half of the classifier-free-guidance
-/// batch only (rows <c>[N*heads, 2N*heads)</c> of <c>[uncond_0..uncond_{N-1}, cond_0..cond_{N-1}]</c>), reshaped to
-/// <c>[N, heads, queries, keys]</c> with prompt 0 the source; the unconditional half is never touched.
+/// batch <c>[uncond_0..uncond_{N-1}, cond_0..cond_{N-1}]</c> only, reshaped to <c>[N, heads, queries, keys]</c> with
+/// prompt 0 the source; the unconditional half is never touched (it stays on the fused kernel).
 /// </summary>
 public abstract class AttentionController(int promptCount) : IRunController, IDisposable
 {
@@ -35,19 +35,15 @@ public abstract class AttentionController(int promptCount) : IRunController, IDi
     /// <summary>Edits (or just observes) the conditional maps [N, heads, q, k]; returns the maps to use.</summary>
     protected abstract Tensor OnConditionalMaps(in AttentionCall call, Tensor maps);
 
+    public int UntouchedRows(long batch) => batch == 2L * PromptCount ? PromptCount : 0;
+
     public Tensor Edit(in AttentionCall call, Tensor probabilities)
     {
         int heads = call.Layer.Heads, n = PromptCount;
         long rows = probabilities.shape[0], q = probabilities.shape[1], k = probabilities.shape[2];
-        if (rows == 2L * n * heads)
-        {
-            var halves = probabilities.split([n * heads, n * heads], 0);
-            var cond = OnConditionalMaps(call, halves[1].reshape(n, heads, q, k));
-            return cat([halves[0], cond.reshape(n * heads, q, k)], 0);
-        }
-        if (rows == (long)n * heads)
-            return OnConditionalMaps(call, probabilities.reshape(n, heads, q, k)).reshape(rows, q, k);
-        throw new InvalidOperationException($"Attention batch of {rows / heads} does not match the controller's {n} prompts.");
+        if (rows != (long)n * heads)
+            throw new InvalidOperationException($"Attention batch of {rows / heads} does not match the controller's {n} prompts.");
+        return OnConditionalMaps(call, probabilities.reshape(n, heads, q, k)).reshape(rows, q, k);
     }
 
     public virtual void OnStepStart(int stepIndex, int totalSteps) => CurrentStep = stepIndex;

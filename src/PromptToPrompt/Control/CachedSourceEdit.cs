@@ -25,19 +25,15 @@ public sealed class CachedSourceEdit(SourceTrajectory source, IReadOnlyList<Cach
         return false;
     }
 
-    public Tensor Edit(in AttentionCall call, Tensor probabilities)
+    public int UntouchedRows(long batch) => batch == 2L * _targets ? _targets : 0;
+
+    public Tensor Edit(in AttentionCall call, Tensor cond)
     {
         int heads = call.Layer.Heads;
-        long rows = probabilities.shape[0];
-        Tensor? uncond = null, cond = probabilities;
-        if (rows == 2L * _targets * heads)
-        {
-            var halves = probabilities.split([_targets * heads, _targets * heads], 0);
-            (uncond, cond) = (halves[0], halves[1]);
-        }
-        else if (rows != (long)_targets * heads)
+        long rows = cond.shape[0];
+        if (rows != (long)_targets * heads)
             throw new InvalidOperationException($"Attention batch of {rows / heads} does not match the {_targets} cached-source targets.");
-        var sourceMaps = source.Maps(_step, call.Layer, probabilities.dtype);
+        var sourceMaps = source.Maps(_step, call.Layer, cond.dtype);
         var parts = new List<Tensor>();
         int offset = 0;
         foreach (var g in groups)
@@ -48,8 +44,7 @@ public sealed class CachedSourceEdit(SourceTrajectory source, IReadOnlyList<Cach
             var edited = g.Controller.Edit(call, cat([sourceMaps, own], 0));
             parts.Add(edited[heads..]);
         }
-        var result = cat(parts, 0);
-        return uncond is null ? result : cat([uncond, result], 0);
+        return cat(parts, 0);
     }
 
     public void OnStepStart(int stepIndex, int totalSteps)

@@ -17,12 +17,11 @@ public sealed class SourceRecorder(SourceTrajectory trajectory, Tensor? putBack 
     public bool Needs(in AttentionCall call) =>
         trajectory.Has(call.Layer) && trajectory.Entry(call.Layer).Record.Kind == SourceRecordKind.Maps;
 
+    public int UntouchedRows(long batch) => batch == 2 ? 1 : 0;
+
     public Tensor Edit(in AttentionCall call, Tensor probabilities)
     {
-        int heads = call.Layer.Heads;
-        var (_, data, _) = trajectory.Entry(call.Layer);
-        // The conditional half is the last `heads` rows.
-        data[_step].copy_(probabilities[^heads..]);
+        trajectory.Entry(call.Layer).Data[_step].copy_(probabilities);
         return probabilities;
     }
 

@@ -29,13 +29,18 @@ public readonly record struct AttentionCall(AttentionLayer Layer, int Height, in
 /// <summary>
 /// The one hook every UNet attention layer calls. When <see cref="Needs"/> says no, the layer runs fused
 /// scaled-dot-product attention and never materialises the probabilities. When it says yes, the layer computes
-/// <c>softmax(QK^T * scale)</c> ([batch*heads, queries, keys], row = b*heads + h), passes it to
-/// <see cref="Edit"/>, and multiplies what comes back by V.
+/// <c>softmax(QK^T * scale)</c> of the rows the hook looks at ([rows*heads, queries, keys], row = b*heads + h),
+/// passes it to <see cref="Edit"/> and multiplies what comes back by V; the leading
+/// <see cref="UntouchedRows"/> samples of the batch (the unconditional half of classifier-free guidance, which no
+/// controller edits) stay on the fused kernel.
 /// </summary>
 public interface IAttentionHook
 {
     bool Needs(in AttentionCall call);
     Tensor Edit(in AttentionCall call, Tensor probabilities);
+
+    /// <summary>How many leading samples of a batch of <paramref name="batch"/> the hook neither reads nor edits. Default: none.</summary>
+    int UntouchedRows(long batch) => 0;
 
     /// <summary>
     /// Sees every call's queries and keys ([B, heads, L, d], before the softmax), whether or not the probabilities are
@@ -106,9 +111,11 @@ public sealed class Attention : nn.Module
         var hook = _slot.Current;
         var call = new AttentionCall(Layer!, height, width, (int)kv.shape[1]);
         hook?.OnQueryKey(call, q, k);
-        Tensor o = hook is not null && hook.Needs(call)
-            ? WithProbabilities(q, k, v, call, hook)
-            : Fused(q, k, v, _upcast);
+        Tensor o;
+        if (hook is null || !hook.Needs(call)) o = Fused(q, k, v, _upcast);
+        else if (hook.UntouchedRows(q.shape[0]) is var skip and > 0)
+            o = cat([Fused(q[..skip], k[..skip], v[..skip], _upcast), WithProbabilities(q[skip..], k[skip..], v[skip..], call, hook)], 0);
+        else o = WithProbabilities(q, k, v, call, hook);
         o = MergeHeads(o);
         o = ((Linear)to_out[0]).forward(o);
         return o.MoveToOuterDisposeScope();
