@@ -87,7 +87,7 @@ static class EditCommand
                 throw new UserError($"Unknown scheduler '{s.Scheduler}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
 
             var outDir = r.GetValue(output)!;
-            var files = Enumerable.Range(0, s.Prompts.Count).Select(i => Path.Combine(outDir, $"prompt_{i}.png")).Append(Path.Combine(outDir, "grid.png")).ToList();
+            var files = EditResult.FileNames(s.Prompts.Count).Select(n => Path.Combine(outDir, n)).ToList();
             bool show = r.GetValue(showAttention);
             var viewOptions = view.Parse(r);
             bool replace = r.GetValue(overwrite);
@@ -125,23 +125,17 @@ static class EditCommand
             }
             else
             {
-                source = FromPrompt(s, initial, seedValue);
+                if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
+                source = SourceSettings.FromSpec(s, initial, seedValue);
             }
             var session = new EditSession(sd, source with { CacheStorage = storage }, cache, CliSupport.Warn);
             if (show) (session, viewOptions) = session.ForViews(viewOptions);
             using var result = session.Edit(new EditRequest(s.Prompts.Skip(1).ToList(), s.Edit), show ? viewOptions : null,
                 new ConsoleProgress($"{s.Edit.Edit.ToString().ToLowerInvariant()} ({s.Prompts.Count} prompts)"), CliSupport.Cancellation);
             var text = result.Metadata;
-            for (int i = 0; i < s.Prompts.Count; i++)
-            {
-                Png.Save(files[i], result.Images[i], new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i], ["role"] = i == 0 ? "source" : $"target {i}" });
-                Console.WriteLine(files[i]);
-            }
             // Editing a photo: the grid starts with the photo as inverted (fitted), so the reconstruction and the
             // edits can be compared with it.
-            Png.Save(files[^1], fresh is null ? Grid.WithCaptions(result.Images, s.Prompts)
-                : Grid.WithCaptions([fresh.Fitted, .. result.Images], ["input photo", .. s.Prompts]), text);
-            Console.WriteLine(files[^1]);
+            foreach (var path in result.Save(outDir, fresh?.Fitted)) Console.WriteLine(path);
             if (show)
                 for (int i = 0; i < s.Prompts.Count; i++)
                     foreach (var (name, picture) in AttentionReport.Images(result.Controller, sd.Tokenizer, s.Prompts[i], i, result.Images[i], viewOptions, $"attention_{i}_"))
@@ -160,17 +154,6 @@ static class EditCommand
         return command;
     }
 
-    /// <summary>The source of a spec's prompts: its first prompt, seed or x_T and generation settings.</summary>
-    internal static SourceSettings FromPrompt(EditSpec s, TorchSharp.torch.Tensor? initial, long seed)
-    {
-        if (initial is null) Console.Error.WriteLine($"seed {seed}");
-        return new SourceSettings
-        {
-            Prompt = s.Prompts[0], NegativePrompt = s.NegativePrompt, Seed = seed, InitialLatent = initial, Steps = s.Steps,
-            GuidanceScale = s.GuidanceScale, Scheduler = s.Scheduler, Width = s.Width, Height = s.Height, Variant = s.Edit.Variant,
-        };
-    }
-
     /// <summary>The source of an inversion file, checked against the model.</summary>
     internal static SourceSettings FromInversionFile(InversionFile file, string path, StableDiffusionModel model, EditSpec s)
     {
@@ -179,25 +162,9 @@ static class EditCommand
             $"{path} ({file.Metadata.GetValueOrDefault("method", "?")}, image sha256 {file.Metadata.GetValueOrDefault("image_sha256", "?")})");
     }
 
-    /// <summary>
-    /// An edit of an inverted photo samples exactly as the inversion assumed: DDIM, its steps and guidance, from its
-    /// x_T, starting from its prompt.
-    /// </summary>
-    internal static EditSpec ForInversion(EditSpec s, InversionFile? file, bool stepsOrGuidanceGiven)
-    {
-        if (file is not null)
-        {
-            if (s.Prompts[0] != file.Prompt)
-                throw new UserError($"The inversion was made for the prompt \"{file.Prompt}\"; an edit of it must start from that prompt (got \"{s.Prompts[0]}\"). Drop --prompt or invert again.");
-            if (stepsOrGuidanceGiven && (s.Steps != file.Steps || s.GuidanceScale != file.GuidanceScale))
-                throw new UserError($"The inversion was made with {file.Steps} steps and guidance {file.GuidanceScale}; the edit must use the same. Drop --steps/--guidance or invert again.");
-            s = s with { Steps = file.Steps, GuidanceScale = file.GuidanceScale };
-        }
-        if (s.Scheduler is not null and not "ddim")
-            throw new UserError($"Edits of inverted photos sample with DDIM, as the inversion does; --scheduler {s.Scheduler} cannot be used.");
-        if (s.Latent is not null) throw new UserError("--latent cannot be combined with an inversion: x_T comes from the inversion.");
-        return s with { Scheduler = "ddim" };
-    }
+    /// <summary>An edit of an inverted photo (a file, or one inverted here) samples exactly as the inversion assumed.</summary>
+    internal static EditSpec ForInversion(EditSpec s, InversionFile? file, bool stepsOrGuidanceGiven) =>
+        file is null ? s.ForInversion(s.Prompts[0], s.Steps, s.GuidanceScale, false) : s.ForInversion(file.Prompt, file.Steps, file.GuidanceScale, stepsOrGuidanceGiven);
 
     /// <summary>Builds a spec from the everyday flags.</summary>
     internal static EditSpec FromFlags(string? source, string[] targets, string? edit, string? cross, string? self, string? blend,

@@ -87,8 +87,9 @@ static class SweepCommand
             long seed = spec.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
             if (inversionFile is not null) spec = EditCommand.ForInversion(spec, inversionFile, Given(sampling.Steps) || Given(sampling.Guidance));
             using var sd = modelOptions.Load(r, spec.Model);
+            if (inversionFile is null && initial is null) Console.Error.WriteLine($"seed {seed}");
             var settings = inversionFile is not null ? EditCommand.FromInversionFile(inversionFile, r.GetValue(inversion)!, sd, spec)
-                : EditCommand.FromPrompt(spec, initial, seed);
+                : SourceSettings.FromSpec(spec, initial, seed);
             var session = new EditSession(sd, settings with { CacheStorage = cacheOptions.Storage(r) }, cache, CliSupport.Warn);
             Console.Error.WriteLine($"sweep: {cells.Count} cells of {string.Join(" x ", sweep.Axes.Select(a => $"{a.Name} ({a.Values.Count})"))}, {r.GetValue(batch)} per batch");
             var results = session.EditAll(cells.Select(x => x.Request).ToList(), r.GetValue(batch), null, new ConsoleProgress("sweep"), CliSupport.Cancellation);

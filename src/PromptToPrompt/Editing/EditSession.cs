@@ -41,6 +41,13 @@ public sealed record SourceSettings
     public string? Origin { get; init; }
 
     public int SelfMaxPixels => Math.Max(EditSchedule.SelfReplaceMaxPixelsOf(Variant), ExtraSelfPixels);
+
+    /// <summary>The source of a spec's prompts: its first prompt, seed (or x_T) and generation settings.</summary>
+    public static SourceSettings FromSpec(EditSpec s, Tensor? initialLatent, long seed) => new()
+    {
+        Prompt = s.Prompts[0], NegativePrompt = s.NegativePrompt, Seed = seed, InitialLatent = initialLatent, Steps = s.Steps,
+        GuidanceScale = s.GuidanceScale, Scheduler = s.Scheduler, Width = s.Width, Height = s.Height, Variant = s.Edit.Variant,
+    };
 }
 
 /// <summary>One edit of the session's source: its target prompts and the edit (one controller over source + targets).</summary>
@@ -53,6 +60,24 @@ public sealed record EditRequest(IReadOnlyList<string> Targets, EditDescription 
 public sealed record EditResult(IReadOnlyList<string> Prompts, RgbImage[] Images, Tensor Latents, AttentionStore Controller,
                                 IReadOnlyDictionary<string, string> Metadata, EditSpec Spec) : IDisposable
 {
+    /// <summary>File names of an edit's images in its folder: <c>prompt_0.png</c> (the source), <c>prompt_1.png</c>, ..., <c>grid.png</c>.</summary>
+    public static IReadOnlyList<string> FileNames(int prompts) => [.. Enumerable.Range(0, prompts).Select(i => $"prompt_{i}.png"), "grid.png"];
+
+    /// <summary>
+    /// Writes <see cref="FileNames"/> into <paramref name="folder"/> (each atomically, with the metadata that reproduces
+    /// it); the grid is captioned with the prompts and starts with <paramref name="photo"/> (an inverted photo as fitted)
+    /// when given. Returns the paths.
+    /// </summary>
+    public IReadOnlyList<string> Save(string folder, RgbImage? photo = null)
+    {
+        var names = FileNames(Prompts.Count);
+        var paths = names.Select(n => Path.Combine(folder, n)).ToList();
+        for (int i = 0; i < Prompts.Count; i++)
+            Png.Save(paths[i], Images[i], new Dictionary<string, string>(Metadata) { ["prompt"] = Prompts[i], ["role"] = i == 0 ? "source" : $"target {i}" });
+        Png.Save(paths[^1], photo is null ? Grid.WithCaptions(Images, Prompts) : Grid.WithCaptions([photo, .. Images], ["input photo", .. Prompts]), Metadata);
+        return paths;
+    }
+
     public void Dispose()
     {
         Latents.Dispose();

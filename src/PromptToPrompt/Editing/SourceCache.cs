@@ -62,6 +62,12 @@ public sealed class SourceCache : IDisposable
 
     public string FileOf(string key) => Path.Combine(Directory ?? throw new InvalidOperationException("no cache folder"), key + ".safetensors");
 
+    /// <summary>Whether the source of <paramref name="key"/> is held in memory now.</summary>
+    public bool Contains(SourceKey key)
+    {
+        lock (_entries) return _entries.ContainsKey(key.Hash);
+    }
+
     /// <summary>Refuses a source whose recording does not fit the budget, naming the size it needs.</summary>
     public void CheckFits(TrajectoryPlan plan)
     {

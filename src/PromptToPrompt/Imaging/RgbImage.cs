@@ -24,15 +24,21 @@ public sealed record RgbImage(int Width, int Height, byte[] Pixels)
     public static RgbImage Load(string path)
     {
         if (!File.Exists(path)) throw new UserError($"Image not found: {path}.");
+        using var stream = File.OpenRead(path);
+        return Decode(stream, path);
+    }
+
+    /// <summary>Decodes PNG or JPEG bytes (any channel layout) as RGB; <paramref name="name"/> names them in errors.</summary>
+    public static RgbImage Decode(Stream stream, string name)
+    {
         try
         {
-            using var stream = File.OpenRead(path);
             var img = StbImageSharp.ImageResult.FromStream(stream, StbImageSharp.ColorComponents.RedGreenBlue);
             return new RgbImage(img.Width, img.Height, img.Data);
         }
         catch (Exception e) when (e is not UserError)
         {
-            throw new UserError($"{path} could not be read as an image ({e.Message}). Use a PNG or JPEG file.");
+            throw new UserError($"{name} could not be read as an image ({e.Message}). Use a PNG or JPEG file.");
         }
     }
 

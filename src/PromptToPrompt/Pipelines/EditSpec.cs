@@ -290,6 +290,23 @@ public sealed record EditSpec
         var x => x.Name,
     };
 
+    /// <summary>
+    /// The spec of an edit of an inverted photo, which samples exactly as the inversion assumed: DDIM, its steps and
+    /// guidance, from its x_T, starting from its prompt. <paramref name="stepsOrGuidanceGiven"/>: the user set steps or
+    /// guidance explicitly (then they must equal the inversion's).
+    /// </summary>
+    public EditSpec ForInversion(string prompt, int steps, double guidance, bool stepsOrGuidanceGiven)
+    {
+        if (Prompts[0] != prompt)
+            throw new UserError($"The inversion was made for the prompt \"{prompt}\"; an edit of it must start from that prompt (got \"{Prompts[0]}\"). Start from its prompt or invert again.");
+        if (stepsOrGuidanceGiven && (Steps != steps || GuidanceScale != guidance))
+            throw new UserError($"The inversion was made with {steps} steps and guidance {guidance}; the edit must use the same. Drop the steps/guidance or invert again.");
+        if (Scheduler is not null and not "ddim")
+            throw new UserError($"Edits of inverted photos sample with DDIM, as the inversion does; the scheduler {Scheduler} cannot be used.");
+        if (Latent is not null) throw new UserError("A latent cannot be combined with an inversion: x_T comes from the inversion.");
+        return this with { Steps = steps, GuidanceScale = guidance, Scheduler = "ddim" };
+    }
+
     /// <summary>The whole spec as JSON, for the PNG metadata of every image it produces.</summary>
     public string ToJson(long? seed)
     {

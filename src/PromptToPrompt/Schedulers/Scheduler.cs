@@ -39,14 +39,22 @@ public static class Schedulers
     {
         if (steps < 1 || steps > config.NumTrainTimesteps)
             throw new UserError($"steps must be between 1 and {config.NumTrainTimesteps}; got {steps}.");
-        return name.ToLowerInvariant() switch
+        IScheduler Make(int n) => name.ToLowerInvariant() switch
         {
-            "pndm" or "plms" => new PndmScheduler(config, steps),
-            "ddim" => new DdimScheduler(config, steps),
-            "euler" => new EulerDiscreteScheduler(config, steps),
-            "dpmpp-2m" or "dpm++2m" or "dpmsolver++" => new DpmSolverMultistepScheduler(config, steps),
+            "pndm" or "plms" => new PndmScheduler(config, n),
+            "ddim" => new DdimScheduler(config, n),
+            "euler" => new EulerDiscreteScheduler(config, n),
+            "dpmpp-2m" or "dpm++2m" or "dpmsolver++" => new DpmSolverMultistepScheduler(config, n),
             _ => throw new UserError($"Unknown scheduler '{name}'. Choose one of: {string.Join(", ", Names)}."),
         };
+        // With "leading" spacing and steps_offset 1, very many steps put the first timestep past the last trained one
+        // (diffusers then fails with an index error); name the largest count that works instead.
+        bool Fits(IScheduler x) => x.Timesteps.Count == 0 || x.Timesteps.Max() < config.NumTrainTimesteps;
+        var scheduler = Make(steps);
+        if (Fits(scheduler)) return scheduler;
+        int most = steps - 1;
+        while (most > 1 && !Fits(Make(most))) most--;
+        throw new UserError($"{name} with this model's timestep spacing takes at most {most} steps; got {steps}.");
     }
 }
 

@@ -65,5 +65,9 @@ public class SchedulerTests
     {
         Assert.Contains("pndm, ddim, euler, dpmpp-2m", Assert.Throws<UserError>(() => Schedulers.Schedulers.Create("lms", Sd(), 10)).Message);
         Assert.Contains("steps must be between 1 and 1000", Assert.Throws<UserError>(() => Schedulers.Schedulers.Create("ddim", Sd(), 0)).Message);
+        // Leading spacing with steps_offset 1: 1000 steps would start at timestep 1000, past the last trained one (999).
+        Assert.Contains("ddim with this model's timestep spacing takes at most 999 steps; got 1000",
+            Assert.Throws<UserError>(() => Schedulers.Schedulers.Create("ddim", Sd(), 1000)).Message);
+        Assert.Equal(999.0, Schedulers.Schedulers.Create("ddim", Sd(), 999).Timesteps[0]);
     }
 }
