@@ -30,7 +30,11 @@ static class ServeCommand
             using var sd = modelOptions.Load(r, r.GetValue(model));
             using var editor = new Editor(sd, sd.Name, r.GetValue(output)!, new EditorLimits(QueueCapacity: r.GetValue(queue), CacheBudgetMb: r.GetValue(budget)), CliSupport.Warn);
             var app = EditorServer.Build(editor, options);
-            app.StartAsync(CliSupport.Cancellation).GetAwaiter().GetResult();
+            try { app.StartAsync(CliSupport.Cancellation).GetAwaiter().GetResult(); }
+            catch (IOException e) when (e.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
+            {
+                throw new UserError($"Port {options.Port} on {options.Listen} is in use (another p2p serve?). Choose another with --port, or --port 0 for any free one.");
+            }
             foreach (var url in EditorServer.Urls(app)) Console.WriteLine($"editor at {url}");
             Console.Error.WriteLine("Ctrl-C stops the server.");
             try { Task.Delay(Timeout.Infinite, CliSupport.Cancellation).GetAwaiter().GetResult(); }

@@ -181,7 +181,7 @@ public static class EditorServer
                         await context.Response.WriteAsync($"event: job\ndata: {JsonSerializer.Serialize(Describe(job), Json)}\n\n", cancel);
                     }
                     await context.Response.Body.FlushAsync(cancel);
-                    await Task.Delay(100, cancel);
+                    await Task.Delay(50, cancel);
                 }
             }
             catch (OperationCanceledException) { }

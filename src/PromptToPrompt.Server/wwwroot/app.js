@@ -122,7 +122,7 @@ function renderWords(source, target) {
 }
 
 // Results: images side by side, each with its prompt's tokens; hovering a token overlays its attention.
-async function showResult(job) {
+function showResult(job) {
   state.last = job;
   const box = $("images");
   box.innerHTML = "";
@@ -142,26 +142,29 @@ async function showResult(job) {
     download.download = "";
     download.textContent = "download";
     figure.append(download);
-    if (prompts && i < prompts.length) {
-      const tokens = document.createElement("div");
-      tokens.className = "tokens";
-      const { target_tokens } = await api("POST", "/api/diff", { source: prompts[i], target: prompts[i] });
-      for (const t of target_tokens) {
-        const span = document.createElement("span");
-        span.className = "token";
-        span.textContent = t.text;
-        span.onmouseenter = () => {
-          const step = +$("step").value;
-          img.src = `/api/jobs/${job.id}/attention?prompt=${i}&token=${t.position}` + (step >= 0 ? `&step=${step}` : "");
-        };
-        span.onmouseleave = () => { img.src = img.dataset.src; };
-        tokens.append(span);
-      }
-      figure.append(tokens);
-    }
     box.append(figure);
+    if (prompts && i < prompts.length) addTokens(figure, img, job, i, prompts[i]);
   }
   if (job.details && job.details.steps) { $("step").max = job.details.steps - 1; }
+}
+
+// The prompt's tokens under its image (fetched while the image shows); hovering one overlays its attention.
+async function addTokens(figure, img, job, index, prompt) {
+  const tokens = document.createElement("div");
+  tokens.className = "tokens";
+  figure.append(tokens);
+  const { target_tokens } = await api("POST", "/api/diff", { source: prompt, target: prompt });
+  for (const t of target_tokens) {
+    const span = document.createElement("span");
+    span.className = "token";
+    span.textContent = t.text;
+    span.onmouseenter = () => {
+      const step = +$("step").value;
+      img.src = `/api/jobs/${job.id}/attention?prompt=${index}&token=${t.position}` + (step >= 0 ? `&step=${step}` : "");
+    };
+    span.onmouseleave = () => { img.src = img.dataset.src; };
+    tokens.append(span);
+  }
 }
 
 function describe(job) {

@@ -1,0 +1,165 @@
+using Microsoft.Playwright;
+using PromptToPrompt.Tests.Server;
+using PromptToPrompt.Tests.Unit;
+
+namespace PromptToPrompt.Tests.Browser;
+
+/// <summary>
+/// The editor page in real Chromium (Debian's <c>chromium</c>, which <c>.ci/run</c> installs; <c>P2P_CHROMIUM</c> names
+/// another binary) against a running server on the shipped model. Screenshots go to <c>screenshots/</c> beside the
+/// test assembly.
+/// </summary>
+public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    const string Source = "a large red circle on a white background";
+    readonly RunningEditor _server = new();
+    IPlaywright? _playwright;
+    IBrowser? _browser;
+    IPage _page = null!;
+
+    static string Chromium => Environment.GetEnvironmentVariable("P2P_CHROMIUM") ?? "/usr/bin/chromium";
+    static readonly string Shots = Path.Combine(AppContext.BaseDirectory, "screenshots");
+
+    public async Task InitializeAsync()
+    {
+        Assert.True(File.Exists(Chromium), $"Chromium not found at {Chromium}: install it (apt-get install chromium; .ci/run does) or set P2P_CHROMIUM.");
+        _playwright = await Playwright.CreateAsync();
+        _browser = await _playwright.Chromium.LaunchAsync(new() { ExecutablePath = Chromium, Headless = true, Args = ["--no-sandbox"] });
+        _page = await _browser.NewPageAsync(new() { ViewportSize = new() { Width = 1280, Height = 900 } });
+        _page.Console += (_, m) => output.WriteLine($"console: {m.Text}");
+        await _page.GotoAsync(_server.Url);
+        await _page.WaitForFunctionAsync("() => document.querySelector('#scheduler').options.length > 0");
+    }
+
+    public async Task DisposeAsync()
+    {
+        if (_browser is not null) await _browser.DisposeAsync();
+        _playwright?.Dispose();
+        _server.Dispose();
+    }
+
+    async Task Shot(string name)
+    {
+        Directory.CreateDirectory(Shots);
+        var path = Path.Combine(Shots, name + ".png");
+        await _page.ScreenshotAsync(new() { Path = path, FullPage = true });
+        output.WriteLine($"screenshot {path}");
+    }
+
+    /// <summary>Waits until the page shows <paramref name="count"/> result images, all loaded; returns their sources.</summary>
+    async Task<string[]> Images(int count)
+    {
+        await _page.WaitForFunctionAsync(
+            $"() => {{ const i = [...document.querySelectorAll('#images figure img')]; return i.length === {count} && i.every(x => x.complete && x.naturalWidth > 0); }}",
+            null, new() { Timeout = 120_000 });
+        return [.. await _page.Locator("#images figure img").EvaluateAllAsync<string[]>("i => i.map(x => x.src)")];
+    }
+
+    async Task<string> Pixels(int index) =>
+        await _page.EvaluateAsync<string>($$"""
+            async () => {
+              const img = document.querySelectorAll('#images figure img')[{{index}}];
+              const blob = await (await fetch(img.dataset.src)).blob();
+              const bitmap = await createImageBitmap(blob);
+              const c = document.createElement('canvas'); c.width = bitmap.width; c.height = bitmap.height;
+              const g = c.getContext('2d'); g.drawImage(bitmap, 0, 0);
+              return Array.from(g.getImageData(0, 0, c.width, c.height).data).join(',');
+            }
+            """);
+
+    async Task Fill(string selector, string value) => await _page.Locator(selector).FillAsync(value);
+
+    async Task Generate()
+    {
+        await Fill("#prompt", Source);
+        await Fill("#seed", "7");
+        await Fill("#steps", "50");
+        await _page.Locator("#generate").ClickAsync();
+        await Images(1);
+    }
+
+    [Fact]
+    public async Task Generate_swap_a_word_see_its_attention_and_reweight()
+    {
+        await Generate();
+        await _page.Locator("#target").FillAsync(Source.Replace("red", "blue"));
+        await _page.WaitForFunctionAsync("() => document.querySelector('#diff .word.swapped')?.textContent.trim() === 'blue'");
+        Assert.Contains("replace: 1 word swapped", await _page.Locator("#diff .note").TextContentAsync());
+        // Responsiveness (README): from the click on Edit of a generated source to the edited image on screen.
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        await _page.Locator("#edit").ClickAsync();
+        var first = await Images(2);
+        output.WriteLine($"click on Edit -> edited image shown: {clock.Elapsed.TotalSeconds:F2} s (50 steps, source cached)");
+        await Shot("edit");
+        var swapped = await Pixels(1);
+        Assert.NotEqual(await Pixels(0), swapped);
+
+        // Hovering a token of the edited prompt overlays its attention map on that image.
+        var token = _page.Locator("#images figure").Nth(1).Locator(".token", new() { HasText = "blue" });
+        await token.HoverAsync();
+        await _page.WaitForFunctionAsync("() => { const i = document.querySelectorAll('#images figure img')[1]; return i.src.includes('/attention?prompt=1&token=3') && i.complete && i.naturalWidth > 0; }");
+        await Shot("attention");
+
+        // Re-weighting "blue" with its slider and running again changes the edit.
+        await _page.Locator(".wordrow", new() { HasText = "blue" }).Locator("input.weight").FillAsync("5");
+        await _page.Locator("#edit").ClickAsync();
+        await _page.WaitForFunctionAsync($"() => document.querySelectorAll('#images figure img')[1]?.dataset.src !== '{new Uri(first[1]).PathAndQuery}'",
+            null, new() { Timeout = 120_000 });
+        await Images(2);
+        Assert.NotEqual(swapped, await Pixels(1));
+        Assert.Equal(3, await _page.Locator("#jobs li.done").CountAsync()); // generate and two edits in the history
+    }
+
+    [Fact]
+    public async Task A_photo_is_inverted_and_edited_and_a_result_png_restores_its_settings()
+    {
+        const string prompt = "a large purple square and a small white circle on a blue background";
+        var examples = Path.Combine(Path.GetDirectoryName(ShippedModelTests.Folder)!, "..", "examples");
+        await Fill("#prompt", prompt);
+        await Fill("#steps", "10");
+        await _page.Locator("#method").SelectOptionAsync("direct");
+        await _page.Locator("#photo").SetInputFilesAsync(Path.Combine(examples, "shapes_photo.png"));
+        await Images(2); // the photo as fitted, and its reconstruction
+        Assert.Matches(@"reconstruction PSNR \d+\.\d+ dB", await _page.Locator("#progressText").TextContentAsync());
+        await _page.Locator("#target").FillAsync(prompt.Replace("purple", "orange"));
+        await _page.Locator("#edit").ClickAsync();
+        await _page.WaitForFunctionAsync("() => document.querySelector('#jobs li.done:first-child a')?.textContent.startsWith('edit') === true", null, new() { Timeout = 120_000 });
+        await Images(2);
+        await Shot("photo-edit");
+
+        // Dropping one of our PNGs onto the page brings its settings back.
+        var png = Path.Combine(_server.Editor.Jobs.All.Last(j => j.Kind == "edit").Folder, "prompt_1.png");
+        await Fill("#prompt", "something else");
+        await Fill("#steps", "33");
+        await DropFile(png);
+        await _page.WaitForFunctionAsync("() => document.querySelector('#progressText').textContent.includes('restored')");
+        Assert.Equal(prompt, await _page.Locator("#prompt").InputValueAsync());
+        Assert.Equal(prompt.Replace("purple", "orange"), await _page.Locator("#target").InputValueAsync());
+        Assert.Equal("10", await _page.Locator("#steps").InputValueAsync());
+    }
+
+    [Fact]
+    public async Task Cancel_stops_a_generation()
+    {
+        await Fill("#prompt", Source);
+        await Fill("#steps", "900");
+        await _page.Locator("#generate").ClickAsync();
+        await _page.WaitForFunctionAsync("() => /sampling [1-9]\\d*\\/900/.test(document.querySelector('#progressText').textContent)");
+        Assert.Contains("it/s", await _page.Locator("#progressText").TextContentAsync());
+        await _page.Locator("#cancel").ClickAsync();
+        await _page.WaitForFunctionAsync("() => document.querySelector('#progressText').textContent === 'cancelled'", null, new() { Timeout = 10_000 });
+        Assert.Equal(1, await _page.Locator("#jobs li.cancelled").CountAsync());
+    }
+
+    /// <summary>Drops a file onto the page as a user's drag and drop does (a drop event carrying it).</summary>
+    async Task DropFile(string path)
+    {
+        var data = Convert.ToBase64String(File.ReadAllBytes(path));
+        await _page.EvaluateAsync(@"([name, data]) => {
+            const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type: 'image/png' }));
+            document.dispatchEvent(new DragEvent('drop', { dataTransfer: transfer, bubbles: true, cancelable: true }));
+        }", new object[] { Path.GetFileName(path), data });
+    }
+}
