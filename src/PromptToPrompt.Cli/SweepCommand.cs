@@ -69,8 +69,7 @@ static class SweepCommand
 
             var outDir = r.GetValue(output)!;
             bool replace = r.GetValue(overwrite);
-            var files = cells.Select(x => Path.Combine(outDir, Sweep.FileName(x))).Append(Path.Combine(outDir, "source.png")).Append(Path.Combine(outDir, "grid.png")).ToList();
-            foreach (var f in files) AtomicFile.EnsureWritable(f, replace);
+            foreach (var f in Sweep.FileNames(cells)) AtomicFile.EnsureWritable(Path.Combine(outDir, f), replace);
             using var cache = cacheOptions.Create(r, always: true)!;
             // Command-line generation options override the spec's (steps and guidance only when given: they have defaults).
             bool Given(Option o) => r.GetResult(o) is { Implicit: false };
@@ -95,19 +94,7 @@ static class SweepCommand
             var results = session.EditAll(cells.Select(x => x.Request).ToList(), r.GetValue(batch), null, new ConsoleProgress("sweep"), CliSupport.Cancellation);
             try
             {
-                var sourceImage = results[0].Images[0];
-                Png.Save(files[^2], sourceImage, new Dictionary<string, string>(results[0].Metadata) { ["prompt"] = prompts[0], ["role"] = "source" });
-                for (int i = 0; i < cells.Count; i++)
-                    Png.Save(files[i], results[i].Images[1], new Dictionary<string, string>(results[i].Metadata)
-                    {
-                        ["prompt"] = prompts[1], ["role"] = "target", ["sweep_cell"] = cells[i].Label,
-                    });
-                Png.Save(files[^1], sweep.Grid(sourceImage, prompts[0], cells, results.Select(x => x.Images[1]).ToList()), new Dictionary<string, string>
-                {
-                    ["parameters"] = results[0].Metadata["parameters"],
-                    ["sweep"] = string.Join("; ", sweep.Axes.Select(a => $"{a.Name}: {string.Join(",", a.Values.Select(v => v.ToString(CultureInfo.InvariantCulture)))}")),
-                });
-                foreach (var f in files) Console.WriteLine(f);
+                foreach (var f in sweep.Save(outDir, prompts[0], cells, results)) Console.WriteLine(f);
             }
             finally
             {

@@ -115,6 +115,18 @@ public static class EditorServer
             return Queued(editor.Edit(EditSpec.Parse(body, "request"), photo, sampling));
         });
 
+        app.MapPost("/api/sweep", async (HttpRequest request) =>
+        {
+            var body = await ReadObject(request);
+            var photo = body["photo"]?.GetValue<string>();
+            var axes = (body["axes"] as JsonArray ?? throw new UserError("\"axes\" must be a list of one or two {\"parameter\", \"values\", \"word\"} objects."))
+                .Select(Axis).ToList();
+            body.Remove("photo");
+            body.Remove("axes");
+            bool sampling = body.ContainsKey("steps") || body.ContainsKey("guidance_scale");
+            return Queued(editor.Sweep(EditSpec.Parse(body, "request"), axes, photo, sampling));
+        });
+
         app.MapPost("/api/invert", async (HttpRequest request) =>
         {
             if (!request.HasFormContentType) throw new UserError("Send the photo as multipart/form-data with fields image, prompt and method.");
@@ -146,6 +158,8 @@ public static class EditorServer
             Find(editor, id) is { Outcome: { } outcome } job && outcome.Files.Any(f => f.Name == name)
                 ? Results.File(Path.Combine(job.Folder, name), "image/png", name)
                 : Results.Json(new { error = $"Job {id} has no file {name}." }, statusCode: StatusCodes.Status404NotFound));
+        app.MapGet("/api/jobs/{id}/preview", (string id) =>
+            Find(editor, id) is { Preview: { } png } ? Results.Bytes(png, "image/png") : Results.Json(new { error = $"Job {id} has no preview." }, statusCode: StatusCodes.Status404NotFound));
         app.MapGet("/api/jobs/{id}/attention", (string id, int prompt, int token, int? step, int? res) =>
             Find(editor, id) is null ? NotFound(id) : Results.Bytes(editor.AttentionMap(id, prompt, token, step, res), "image/png"));
 
@@ -203,6 +217,7 @@ public static class EditorServer
             phase = p.Phase, step = p.Step, total = p.Total, it_per_s = Math.Round(p.StepsPerSecond, 2), eta_s = Math.Round(p.RemainingSeconds, 1),
             inner = p.Inner, inner_total = p.InnerTotal, loss = p.Loss,
         } : null,
+        preview = job.Preview is null ? null : $"/api/jobs/{job.Id}/preview?v={job.Version}",
         images = job.Outcome?.Files.Select(f => $"/api/jobs/{job.Id}/files/{f.Name}") ?? [],
         labels = job.Outcome?.Files.Select(f => f.Label) ?? [],
         details = job.Outcome?.Details,
@@ -219,6 +234,25 @@ public static class EditorServer
         {
             throw new UserError($"The request body is not valid JSON: {e.Message}");
         }
+    }
+
+    /// <summary>A sweep axis of a request: <c>{"parameter": "cross_replace", "values": [0.2, 0.8]}</c> (re-weighting with <c>"word"</c>).</summary>
+    static SweepAxis Axis(JsonNode? node)
+    {
+        if (node is not JsonObject o) throw new UserError("Each sweep axis must be an object like {\"parameter\": \"cross_replace\", \"values\": [0.2, 0.8]}.");
+        var parameter = (o["parameter"] as JsonValue)?.ToString() switch
+        {
+            "cross_replace" => SweepParameter.CrossReplace,
+            "self_replace" => SweepParameter.SelfReplace,
+            "reweight" => SweepParameter.Reweight,
+            "blend_threshold" => SweepParameter.BlendThreshold,
+            var p => throw new UserError($"Unknown sweep parameter '{p}'. Use cross_replace, self_replace, reweight or blend_threshold."),
+        };
+        var values = (o["values"] as JsonArray)?.Select(v => v is JsonValue x && x.TryGetValue<double>(out var d) ? d
+            : throw new UserError("Sweep values must be numbers.")).ToList() ?? throw new UserError("A sweep axis needs \"values\", a list of numbers.");
+        var word = (o["word"] as JsonValue)?.ToString();
+        if (parameter == SweepParameter.Reweight && string.IsNullOrEmpty(word)) throw new UserError("A reweight sweep names its \"word\".");
+        return new SweepAxis(parameter, values, parameter == SweepParameter.Reweight ? word : null);
     }
 
     static string Text(JsonObject body, string field) =>

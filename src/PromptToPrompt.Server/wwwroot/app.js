@@ -29,8 +29,12 @@ function editSpec() {
   const source = state.source ? state.source.prompt : $("prompt").value.trim();
   const target = $("target").value.trim();
   const implied = state.diff ? state.diff.edit : "refine";
-  const window = { cross_replace_steps: +$("cross").value, self_replace_steps: +$("self").value };
-  const spec = { prompts: [source, target], variant: $("variant").value };
+  // cross_replace_steps, with the per-word windows the word rows give (the reference's {"default_": ..., word: ...}).
+  const perWord = Object.entries(state.words).filter(([k, w]) => k.startsWith("t:") && w.cross !== undefined && w.cross !== "");
+  const cross = perWord.length ? Object.fromEntries([["default_", +$("cross").value], ...perWord.map(([k, w]) => [k.slice(2), +w.cross])]) : +$("cross").value;
+  const window = { cross_replace_steps: cross, self_replace_steps: +$("self").value };
+  const extra = $("targets").value.split("\n").map(t => t.trim()).filter(t => t);
+  const spec = { prompts: [source, target, ...extra], variant: $("variant").value };
   const reweights = Object.entries(state.words).filter(([k, w]) => k.startsWith("t:") && w.weight !== 1);
   if (reweights.length) {
     spec.edit = "reweight";
@@ -40,8 +44,11 @@ function editSpec() {
   } else Object.assign(spec, { edit: implied }, window);
   const blendOf = side => Object.entries(state.words).filter(([k, w]) => k.startsWith(side) && w.blend).map(([k]) => k.slice(2));
   const blendSource = blendOf("s:"), blendTarget = blendOf("t:");
-  if (blendSource.length || blendTarget.length)
-    spec.local_blend = { words: [blendSource, blendTarget.length ? blendTarget : blendSource], threshold: +$("threshold").value };
+  if (blendSource.length || blendTarget.length) {
+    // Each further target blends the target's words it has, else the source's.
+    const of = prompt => { const own = blendTarget.filter(w => prompt.split(" ").includes(w)); return own.length ? own : blendSource; };
+    spec.local_blend = { words: [blendSource, ...spec.prompts.slice(1).map(of)], threshold: +$("threshold").value };
+  }
   if (state.photo) return { ...spec, photo: state.photo.id };
   return Object.assign(spec, state.source ? state.source.sampling : sampling());
 }
@@ -63,6 +70,22 @@ $("generate").onclick = () => {
   run("generate", { prompt: state.source.prompt, ...s });
 };
 $("edit").onclick = () => run("edit", editSpec());
+
+// A sweep: the edit above with one target, over one or two parameters (the p2p sweep grid).
+const axisNames = ["", "cross_replace", "self_replace", "reweight", "blend_threshold"];
+for (const select of document.querySelectorAll("select.axis"))
+  for (const name of axisNames) { const o = document.createElement("option"); o.value = name; o.textContent = name || "(none)"; select.append(o); }
+$("sweepCols").value = "cross_replace";
+$("sweep").onclick = () => {
+  const spec = editSpec();
+  spec.prompts = spec.prompts.slice(0, 2);
+  if (spec.local_blend) spec.local_blend.words = spec.local_blend.words.slice(0, 2);
+  const axis = (name, values) => ({ parameter: name, values: values.split(",").map(Number), ...(name === "reweight" ? { word: $("sweepWord").value.trim() } : {}) });
+  spec.axes = [];
+  if ($("sweepRows").value) spec.axes.push(axis($("sweepRows").value, $("sweepRowValues").value));
+  if ($("sweepCols").value) spec.axes.push(axis($("sweepCols").value, $("sweepColValues").value));
+  run("sweep", spec);
+};
 $("cancel").onclick = () => state.current && api("DELETE", `/api/jobs/${state.current}`).catch(e => showError(e.message));
 $("dice").onclick = () => { $("seed").value = Math.floor(Math.random() * 2 ** 32); };
 for (const [input, out] of [["cross", "crossValue"], ["self", "selfValue"]]) $(input).oninput = () => { $(out).value = $(input).value; };
@@ -107,11 +130,14 @@ function renderWords(source, target) {
     row.className = "wordrow";
     row.innerHTML = `<span class="w ${side}"></span>` +
       (side === "target" ? `<input type="range" min="-2" max="5" step="0.5" class="weight" title="re-weight"> <output></output>` : `<span class="spacer"></span>`) +
-      `<label class="blend"><input type="checkbox"> blend</label>`;
+      `<label class="blend"><input type="checkbox"> blend</label>` +
+      (side === "target" ? `<input type="number" class="window" min="0" max="1" step="0.05" placeholder="cross" title="this word's cross_replace_steps (empty: the global one)">` : "");
     row.querySelector(".w").textContent = word;
     const slider = row.querySelector(".weight"), out = row.querySelector("output"), box2 = row.querySelector("input[type=checkbox]");
     if (slider) { slider.value = w.weight; out.value = w.weight; slider.oninput = () => { w.weight = +slider.value; out.value = slider.value; }; }
     box2.checked = w.blend;
+    const windowInput = row.querySelector(".window");
+    if (windowInput) { windowInput.value = w.cross ?? ""; windowInput.oninput = () => { w.cross = windowInput.value; }; }
     box2.onchange = () => {
       w.blend = box2.checked;
       // A blend word of the target that the source also has blends on both sides.
@@ -128,8 +154,10 @@ function showResult(job) {
   box.innerHTML = "";
   const prompts = job.details && job.details.prompts ? job.details.prompts : null;
   for (let i = 0; i < job.images.length; i++) {
-    if (job.labels[i] === "grid") continue;
+    // A sweep shows its grid; the other jobs their images (their grid is for download).
+    if ((job.labels[i] === "grid") !== (job.kind === "sweep")) continue;
     const figure = document.createElement("figure");
+    if (job.kind === "sweep") figure.className = "grid";
     const img = document.createElement("img");
     img.src = job.images[i];
     img.alt = job.labels[i];
@@ -143,7 +171,7 @@ function showResult(job) {
     download.textContent = "download";
     figure.append(download);
     box.append(figure);
-    if (prompts && i < prompts.length) addTokens(figure, img, job, i, prompts[i]);
+    if (job.kind !== "sweep" && prompts && i < prompts.length) addTokens(figure, img, job, i, prompts[i]);
   }
   if (job.details && job.details.steps) { $("step").max = job.details.steps - 1; }
 }
@@ -209,6 +237,7 @@ events.addEventListener("job", e => {
   addHistory(job);
   if (job.id !== state.current) return;
   const p = job.progress;
+  if (job.state === "running" && job.preview) { $("preview").src = job.preview; $("preview").hidden = false; }
   if (job.state === "running" && p) {
     $("bar").max = p.total; $("bar").value = p.step;
     $("progressText").textContent = `${p.phase} ${p.step}/${p.total}` + (p.inner_total ? ` (inner ${p.inner}/${p.inner_total}, loss ${p.loss?.toExponential(2)})` : "") +
@@ -216,6 +245,7 @@ events.addEventListener("job", e => {
   } else $("progressText").textContent = job.state;
   if (job.state === "done" || job.state === "failed" || job.state === "cancelled") {
     $("cancel").disabled = true;
+    $("preview").hidden = true;
     $("bar").value = job.state === "done" ? $("bar").max : 0;
     if (job.state === "failed") showError(job.error);
     if (job.state === "done") {

@@ -34,6 +34,7 @@ public sealed class Editor : IDisposable
     readonly Dictionary<string, EditResult> _results = new();
     readonly Queue<string> _resultOrder = new();
     readonly Dictionary<string, PhotoInversion> _photos = new();
+    readonly LatentPreview _preview = new();
 
     public Editor(StableDiffusionModel model, string modelName, string outputFolder, EditorLimits? limits = null, Action<string>? log = null)
     {
@@ -63,40 +64,85 @@ public sealed class Editor : IDisposable
     /// </summary>
     public Job Edit(EditSpec spec, string? photo = null, bool samplingGiven = false)
     {
+        var (session, source, fitted) = Open(ref spec, photo, samplingGiven);
+        var views = new AttentionViewOptions(PerStep: Enumerable.Range(0, session.Evaluations).ToList()).ForRun(_model, session.Width, session.Height, session.Evaluations);
+        var request = new EditRequest(spec.Prompts.Skip(1).ToList(), spec.Edit);
+        // Building the controller checks the edit (words, windows, blends) now, so a bad request is refused, not queued.
+        request.Edit.Build(_model.Tokenizer, [source.Prompt, .. request.Targets], source.Steps).Dispose();
+        return Jobs.Enqueue(request.Targets.Count == 0 ? "generate" : "edit", ctx =>
+        {
+            bool cached = _cache.Contains(session.Key);
+            ctx.Previewer = _preview.Render;
+            var result = session.EditAll([request], int.MaxValue, views, ctx, ctx.Cancel)[0];
+            _preview.Learn(result.Latents, result.Images);
+            result.Save(ctx.Folder, fitted);
+            Keep(ctx.JobId, result);
+            var names = EditResult.FileNames(result.Prompts.Count);
+            var files = names.Select((n, i) => new JobFile(n, i < result.Prompts.Count ? result.Prompts[i] : "grid")).ToList();
+            return new JobOutcome(files, Details(session, source, photo, cached, result.Prompts, result.Metadata["prompt-to-prompt"]));
+        });
+    }
+
+    /// <summary>
+    /// Queues a sweep of one source into one target over one or two edit parameters (<see cref="Sweep"/>): every cell
+    /// takes the source from the cache; up to <paramref name="batch"/> cells share a UNet batch.
+    /// </summary>
+    public Job Sweep(EditSpec spec, IReadOnlyList<SweepAxis> axes, string? photo = null, bool samplingGiven = false, int batch = 4)
+    {
+        if (spec.Prompts.Count != 2) throw new UserError($"A sweep edits one source into one target; the request has {spec.Prompts.Count} prompts.");
+        if (batch < 1) throw new UserError($"The batch size must be at least 1; got {batch}.");
+        var (session, source, _) = Open(ref spec, photo, samplingGiven);
+        var sweep = Editing.Sweep.Create(spec.Prompts[0], spec.Prompts[1], spec.Edit, axes);
+        var cells = sweep.Cells(spec.Prompts[0]);
+        foreach (var cell in cells) cell.Request.Edit.Build(_model.Tokenizer, [source.Prompt, .. cell.Request.Targets], source.Steps).Dispose();
+        var prompts = spec.Prompts;
+        return Jobs.Enqueue("sweep", ctx =>
+        {
+            bool cached = _cache.Contains(session.Key);
+            ctx.Previewer = _preview.Render;
+            var results = session.EditAll(cells.Select(c => c.Request).ToList(), batch, null, ctx, ctx.Cancel);
+            try
+            {
+                sweep.Save(ctx.Folder, prompts[0], cells, results);
+                var names = Editing.Sweep.FileNames(cells);
+                var labels = cells.Select(c => c.Label).Append(prompts[0]).Append("grid").ToList();
+                return new JobOutcome(names.Select((n, i) => new JobFile(n, labels[i])).ToList(),
+                    Details(session, source, photo, cached, prompts, results[0].Metadata["prompt-to-prompt"]));
+            }
+            finally
+            {
+                foreach (var r in results) r.Dispose();
+            }
+        });
+    }
+
+    /// <summary>The session of a request's source (a prompt and seed, or an inverted photo), checked before anything is queued.</summary>
+    (EditSession Session, SourceSettings Source, RgbImage? Fitted) Open(ref EditSpec spec, string? photo, bool samplingGiven)
+    {
         if (spec.Model is not null && spec.Model != ModelName && spec.Model != _model.Location)
             throw new UserError($"This server edits with its model '{ModelName}'; drop \"model\" from the request (models are chosen when the server starts).");
         if (spec.Latent is not null) throw new UserError("\"latent\" names a file, which a request may not do; give a seed instead.");
         CheckSize(spec.Width, spec.Height);
         SourceSettings source;
+        RgbImage? fitted = null;
         if (photo is not null)
         {
             var inverted = Photo(photo);
             spec = spec.ForInversion(inverted.Result.Prompt, inverted.Result.Settings.Steps, inverted.Result.Settings.GuidanceScale, samplingGiven);
             source = EditSession.FromInversion(inverted.Result, spec.Edit.Variant, $"photo of job {photo}");
+            fitted = inverted.Fitted;
         }
         else source = SourceSettings.FromSpec(spec, null, spec.Seed ?? Random.Shared.NextInt64(0, 1L << 32));
         var session = new EditSession(_model, source, _cache, _log);
-        var views = new AttentionViewOptions(PerStep: Enumerable.Range(0, session.Evaluations).ToList()).ForRun(_model, session.Width, session.Height, session.Evaluations);
-        var request = new EditRequest(spec.Prompts.Skip(1).ToList(), spec.Edit);
-        // Building the controller checks the edit (words, windows, blends) now, so a bad request is refused, not queued.
-        request.Edit.Build(_model.Tokenizer, [source.Prompt, .. request.Targets], source.Steps).Dispose();
         _cache.CheckFits(session.Plan);
-        var fitted = photo is null ? null : Photo(photo).Fitted;
-        return Jobs.Enqueue(request.Targets.Count == 0 ? "generate" : "edit", ctx =>
-        {
-            bool cached = _cache.Contains(session.Key);
-            var result = session.EditAll([request], int.MaxValue, views, ctx, ctx.Cancel)[0];
-            result.Save(ctx.Folder, fitted);
-            Keep(ctx.JobId, result);
-            var names = EditResult.FileNames(result.Prompts.Count);
-            var files = names.Select((n, i) => new JobFile(n, i < result.Prompts.Count ? result.Prompts[i] : "grid")).ToList();
-            return new JobOutcome(files, new Dictionary<string, object?>
-            {
-                ["prompts"] = result.Prompts, ["seed"] = source.InitialLatent is null ? source.Seed : null, ["source_cached"] = cached,
-                ["spec"] = result.Metadata["prompt-to-prompt"], ["steps"] = session.Evaluations, ["photo"] = photo,
-            });
-        });
+        return (session, source, fitted);
     }
+
+    static Dictionary<string, object?> Details(EditSession session, SourceSettings source, string? photo, bool cached, IReadOnlyList<string> prompts, string spec) => new()
+    {
+        ["prompts"] = prompts, ["seed"] = source.InitialLatent is null ? source.Seed : null, ["source_cached"] = cached, ["spec"] = spec,
+        ["steps"] = session.Evaluations, ["photo"] = photo,
+    };
 
     /// <summary>Queues the inversion of an uploaded photo (PNG or JPEG bytes) described by <paramref name="prompt"/>.</summary>
     public Job Invert(byte[] image, string prompt, InversionSettings settings, FitMode fit = FitMode.Crop, int? width = null, int? height = null)

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using PromptToPrompt.Imaging;
 using PromptToPrompt.Pipelines;
 
 namespace PromptToPrompt.Editing;
@@ -77,11 +78,16 @@ public sealed class JobContext(Job job) : IProgress<StepProgress>, IProgress<Inv
     public string Folder => job.Folder;
     /// <summary>Label of the phase reported by the next <see cref="StepProgress"/> reports.</summary>
     public string Phase { get; set; } = "sampling";
+    /// <summary>Makes a preview image of latents [C, h, w], or null when it cannot (yet).</summary>
+    public Func<TorchSharp.torch.Tensor, RgbImage?>? Previewer { get; set; }
 
     public void Report(StepProgress p)
     {
         double rate = p.Elapsed.TotalSeconds > 0 ? p.Step / p.Elapsed.TotalSeconds : 0;
         job.Set(progress: new JobProgress(Phase, p.Step, p.Total, rate, rate > 0 ? (p.Total - p.Step) / rate : 0));
+        // A low-resolution preview of the batch's last image about ten times per run.
+        if (Previewer is not null && p.Latents is { } latents && p.Step % Math.Max(1, p.Total / 10) == 0 && Previewer(latents[^1]) is { } preview)
+            job.Set(preview: Png.Encode(preview.Resize(preview.Width * 4, preview.Height * 4)));
     }
 
     public void Report(InversionProgress p)

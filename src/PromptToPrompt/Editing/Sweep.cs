@@ -122,6 +122,31 @@ public sealed record Sweep(string Target, EditDescription Edit, IReadOnlyList<Sw
     public static string FileName(SweepCell cell) =>
         cell.Label.Replace(", ", "__").Replace(' ', '_') + ".png";
 
+    /// <summary>The files of a sweep in its folder: one per cell (<see cref="FileName"/>), then <c>source.png</c> and <c>grid.png</c>.</summary>
+    public static IReadOnlyList<string> FileNames(IReadOnlyList<SweepCell> cells) => [.. cells.Select(FileName), "source.png", "grid.png"];
+
+    /// <summary>
+    /// Writes <see cref="FileNames"/> into <paramref name="folder"/> (atomically): every cell's image with its full spec
+    /// and its label (<c>sweep_cell</c>), the source, and the grid. <paramref name="results"/> are the cells' edits in order.
+    /// </summary>
+    public IReadOnlyList<string> Save(string folder, string sourcePrompt, IReadOnlyList<SweepCell> cells, IReadOnlyList<EditResult> results)
+    {
+        var paths = FileNames(cells).Select(n => Path.Combine(folder, n)).ToList();
+        var source = results[0].Images[0];
+        for (int i = 0; i < cells.Count; i++)
+            Png.Save(paths[i], results[i].Images[1], new Dictionary<string, string>(results[i].Metadata)
+            {
+                ["prompt"] = Target, ["role"] = "target", ["sweep_cell"] = cells[i].Label,
+            });
+        Png.Save(paths[^2], source, new Dictionary<string, string>(results[0].Metadata) { ["prompt"] = sourcePrompt, ["role"] = "source" });
+        Png.Save(paths[^1], Grid(source, sourcePrompt, cells, results.Select(x => x.Images[1]).ToList()), new Dictionary<string, string>
+        {
+            ["parameters"] = results[0].Metadata["parameters"],
+            ["sweep"] = string.Join("; ", Axes.Select(a => $"{a.Name}: {string.Join(",", a.Values.Select(v => v.ToString(CultureInfo.InvariantCulture)))}")),
+        });
+        return paths;
+    }
+
     /// <summary>
     /// The labelled grid: one row per row value, one column per column value, each cell captioned with its values;
     /// the first column holds the source (top) and the rows' titles.

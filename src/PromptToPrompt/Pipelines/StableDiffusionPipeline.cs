@@ -11,8 +11,11 @@ using static TorchSharp.torch;
 
 namespace PromptToPrompt.Pipelines;
 
-/// <summary>Progress of a denoising loop: <see cref="Step"/> of <see cref="Total"/> UNet evaluations done.</summary>
-public readonly record struct StepProgress(int Step, int Total, TimeSpan Elapsed)
+/// <summary>
+/// Progress of a denoising loop: <see cref="Step"/> of <see cref="Total"/> UNet evaluations done. <see cref="Latents"/>
+/// ([N, C, h, w] after the step, float32) is valid only while the report is handled (for previews).
+/// </summary>
+public readonly record struct StepProgress(int Step, int Total, TimeSpan Elapsed, Tensor? Latents = null)
 {
     public double StepsPerSecond => Elapsed.TotalSeconds > 0 ? Step / Elapsed.TotalSeconds : 0;
     public TimeSpan Remaining => Step > 0 ? TimeSpan.FromSeconds(Elapsed.TotalSeconds / Step * (Total - Step)) : TimeSpan.Zero;
@@ -147,7 +150,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
             next.MoveToOuterDisposeScope();
             if (!ReferenceEquals(x, latents)) x.Dispose();
             x = next;
-            progress?.Report(new StepProgress(i + 1, total, clock.Elapsed));
+            progress?.Report(new StepProgress(i + 1, total, clock.Elapsed, x));
         }
         return x;
     }

@@ -102,6 +102,11 @@ public sealed class EditorServerTests : IClassFixture<EditorServerTests.Shared>
 
         var edit = await _s.Finished(await _s.Post("api/edit", Spec(11, 12)));
         Assert.Equal("done", edit["state"]!.GetValue<string>());
+        // Previews exist once a finished run has taught the latent-to-RGB map (the generation above did): latent size x4.
+        var preview = await _s.Http.GetByteArrayAsync(edit["preview"]!.GetValue<string>());
+        var previewImage = RgbImage.Decode(new MemoryStream(preview), "preview");
+        int side = _s.Model.DefaultImageSize / _s.Model.VaeScale * 4;
+        Assert.Equal((side, side), (previewImage.Width, previewImage.Height));
         Assert.True(edit["details"]!["source_cached"]!.GetValue<bool>(), "the edit recomputed the source the generation recorded");
         Assert.Equal(3, edit["images"]!.AsArray().Count); // source, target, grid
         Assert.Equal(Pixels(sourcePng), Pixels(await _s.File(edit, 0)));
@@ -136,6 +141,40 @@ public sealed class EditorServerTests : IClassFixture<EditorServerTests.Shared>
         using var outside = await _s.Http.GetAsync($"api/jobs/{id}/attention?prompt=1&token={blue}&step=6");
         Assert.Equal(HttpStatusCode.BadRequest, outside.StatusCode);
         Assert.Contains("UNet evaluations 0..5", await outside.Content.ReadAsStringAsync());
+    }
+
+    [Fact]
+    public async Task Several_targets_and_a_sweep_take_the_one_recorded_source()
+    {
+        var edit = await _s.Finished(await _s.Post("api/edit", new
+        {
+            prompts = new[] { Source, Target, Source.Replace("red", "green") }, seed = 13, steps = 6, scheduler = "ddim",
+        }));
+        Assert.True(edit["state"]!.GetValue<string>() == "done", edit.ToJsonString());
+        Assert.Equal(["prompt_0.png", "prompt_1.png", "prompt_2.png", "grid.png"], edit["images"]!.AsArray().Select(u => u!.GetValue<string>().Split('/')[^1]));
+
+        var sweep = await _s.Finished(await _s.Post("api/sweep", new
+        {
+            prompts = new[] { Source, Target }, seed = 13, steps = 6, scheduler = "ddim",
+            axes = new object[] { new { parameter = "cross_replace", values = new[] { 0.2, 0.8 } }, new { parameter = "reweight", word = "blue", values = new[] { 1.0, 3.0 } } },
+        }));
+        Assert.True(sweep["state"]!.GetValue<string>() == "done", sweep.ToJsonString());
+        Assert.True(sweep["details"]!["source_cached"]!.GetValue<bool>());
+        var labels = sweep["labels"]!.AsArray().Select(l => l!.GetValue<string>()).ToList();
+        Assert.Equal(["cross_replace 0.2, reweight blue 1", "cross_replace 0.2, reweight blue 3", "cross_replace 0.8, reweight blue 1",
+                      "cross_replace 0.8, reweight blue 3", Source, "grid"], labels);
+        using var dir = new TempDir();
+        System.IO.File.WriteAllBytes(dir.File("cell.png"), await _s.File(sweep, 3));
+        Assert.Equal("cross_replace 0.8, reweight blue 3", Png.ReadText(dir.File("cell.png"))["sweep_cell"]);
+        // The sweep's source is the edit's (same seed and settings): the same pixels.
+        Assert.Equal(Pixels(await _s.File(edit, 0)), Pixels(await _s.File(sweep, 4)));
+
+        var bad = await _s.Post("api/sweep", new { prompts = new[] { Source, Target }, axes = new object[] { new { parameter = "cross_replace", values = new[] { 0.2, 1.5 } } } },
+            HttpStatusCode.BadRequest);
+        Assert.Contains("cross_replace sweep value 1.5 is outside [0, 1]", bad);
+        var unknown = await _s.Post("api/sweep", new { prompts = new[] { Source, Target }, axes = new object[] { new { parameter = "guidance", values = new[] { 1 } } } },
+            HttpStatusCode.BadRequest);
+        Assert.Contains("Unknown sweep parameter 'guidance'", unknown);
     }
 
     [Fact]
