@@ -127,6 +127,15 @@ public static class EditorServer
             return Queued(editor.Sweep(EditSpec.Parse(body, "request"), axes, photo, sampling));
         });
 
+        app.MapPost("/api/attention", async (HttpRequest request) =>
+        {
+            var body = await ReadObject(request);
+            var job = Text(body, "job");
+            int? Number(string field) => body[field] is null ? null
+                : body[field] is JsonValue v && v.TryGetValue<int>(out var n) ? n : throw new UserError($"\"{field}\" must be an integer.");
+            return Queued(editor.Views(job, new AttentionViewOptions(Number("res"), SelfComponents: Number("self_components") ?? 0)));
+        });
+
         app.MapPost("/api/invert", async (HttpRequest request) =>
         {
             if (!request.HasFormContentType) throw new UserError("Send the photo as multipart/form-data with fields image, prompt and method.");

@@ -1,7 +1,7 @@
 // The editor page. It talks to the JSON API only (see README, "p2p serve"); every edit is a spec as p2p edit --spec takes.
 "use strict";
 const $ = id => document.getElementById(id);
-const state = { info: null, source: null, photo: null, current: null, words: {}, diff: null, last: null };
+const state = { info: null, source: null, photo: null, current: null, words: {}, diff: null, viewed: null };
 
 async function api(method, url, body) {
   const init = { method, headers: {} };
@@ -70,6 +70,7 @@ $("generate").onclick = () => {
   run("generate", { prompt: state.source.prompt, ...s });
 };
 $("edit").onclick = () => run("edit", editSpec());
+$("selfComponents").onclick = () => state.viewed && run("attention", { job: state.viewed.id, self_components: 6, res: +$("grid").value });
 
 // A sweep: the edit above with one target, over one or two parameters (the p2p sweep grid).
 const axisNames = ["", "cross_replace", "self_replace", "reweight", "blend_threshold"];
@@ -149,7 +150,6 @@ function renderWords(source, target) {
 
 // Results: images side by side, each with its prompt's tokens; hovering a token overlays its attention.
 function showResult(job) {
-  state.last = job;
   const box = $("images");
   box.innerHTML = "";
   const prompts = job.details && job.details.prompts ? job.details.prompts : null;
@@ -157,7 +157,7 @@ function showResult(job) {
     // A sweep shows its grid; the other jobs their images (their grid is for download).
     if ((job.labels[i] === "grid") !== (job.kind === "sweep")) continue;
     const figure = document.createElement("figure");
-    if (job.kind === "sweep") figure.className = "grid";
+    if (job.kind === "sweep" || job.kind === "attention") figure.className = "grid";
     const img = document.createElement("img");
     img.src = job.images[i];
     img.alt = job.labels[i];
@@ -171,9 +171,19 @@ function showResult(job) {
     download.textContent = "download";
     figure.append(download);
     box.append(figure);
-    if (job.kind !== "sweep" && prompts && i < prompts.length) addTokens(figure, img, job, i, prompts[i]);
+    if ((job.kind === "edit" || job.kind === "generate") && prompts && i < prompts.length) addTokens(figure, img, job, i, prompts[i]);
   }
   if (job.details && job.details.steps) { $("step").max = job.details.steps - 1; }
+  if (job.details && job.details.attention_grids) {
+    state.viewed = job;
+    $("grid").innerHTML = "";
+    for (const g of job.details.attention_grids) {
+      const o = document.createElement("option");
+      o.value = g; o.textContent = `${g} (on the shorter side)`;
+      $("grid").append(o);
+    }
+    $("grid").value = job.details.attention_grid;
+  }
 }
 
 // The prompt's tokens under its image (fetched while the image shows); hovering one overlays its attention.
@@ -188,7 +198,7 @@ async function addTokens(figure, img, job, index, prompt) {
     span.textContent = t.text;
     span.onmouseenter = () => {
       const step = +$("step").value;
-      img.src = `/api/jobs/${job.id}/attention?prompt=${index}&token=${t.position}` + (step >= 0 ? `&step=${step}` : "");
+      img.src = `/api/jobs/${job.id}/attention?prompt=${index}&token=${t.position}&res=${$("grid").value}` + (step >= 0 ? `&step=${step}` : "");
     };
     span.onmouseleave = () => { img.src = img.dataset.src; };
     tokens.append(span);

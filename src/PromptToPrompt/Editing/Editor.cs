@@ -79,7 +79,12 @@ public sealed class Editor : IDisposable
             Keep(ctx.JobId, result);
             var names = EditResult.FileNames(result.Prompts.Count);
             var files = names.Select((n, i) => new JobFile(n, i < result.Prompts.Count ? result.Prompts[i] : "grid")).ToList();
-            return new JobOutcome(files, Details(session, source, photo, cached, result.Prompts, result.Metadata["prompt-to-prompt"]));
+            var details = Details(session, source, photo, cached, result.Prompts, result.Metadata["prompt-to-prompt"]);
+            // The grids a token's map can be viewed at (the up and down blocks', by their shorter side), and the default one.
+            details["attention_grids"] = result.Controller.Layers.Where(l => l.IsCross && l.Place != Models.UNetPlace.Mid).Select(l => result.Controller.SizeOf(l))
+                .Distinct().OrderByDescending(g => g.Height * g.Width).Select(g => Math.Min(g.Height, g.Width)).ToList();
+            details["attention_grid"] = Math.Min(views.GridSize.Height, views.GridSize.Width);
+            return new JobOutcome(files, details);
         });
     }
 
@@ -113,6 +118,33 @@ public sealed class Editor : IDisposable
             {
                 foreach (var r in results) r.Dispose();
             }
+        });
+    }
+
+    /// <summary>
+    /// Queues attention views of a finished edit (or generation) <paramref name="job"/>: it runs again with what the views
+    /// need kept (self-attention components, another grid) and writes <c>p2p attention</c>'s images for every prompt.
+    /// </summary>
+    public Job Views(string job, AttentionViewOptions options)
+    {
+        var done = Jobs.Find(job);
+        if (done is not { Kind: "edit" or "generate", Outcome.Details: var d } || d["spec"] is not string specJson)
+            throw new UserError($"Job '{job}' is not a finished edit or generation; views are made of those.");
+        var spec = EditSpec.Parse((System.Text.Json.Nodes.JsonObject)System.Text.Json.Nodes.JsonNode.Parse(specJson)!, $"job {job}");
+        var (session, _, _) = Open(ref spec, d["photo"] as string, true);
+        var (viewSession, views) = session.ForViews(options.ForRun(_model, session.Width, session.Height, session.Evaluations));
+        _cache.CheckFits(viewSession.Plan);
+        return Jobs.Enqueue("attention", ctx =>
+        {
+            using var result = viewSession.EditAll([new EditRequest(spec.Prompts.Skip(1).ToList(), spec.Edit)], int.MaxValue, views, ctx, ctx.Cancel)[0];
+            var files = new List<JobFile>();
+            for (int i = 0; i < result.Prompts.Count; i++)
+                foreach (var (name, picture) in AttentionReport.Images(result.Controller, _model.Tokenizer, result.Prompts[i], i, result.Images[i], views, $"attention_{i}_"))
+                {
+                    Png.Save(Path.Combine(ctx.Folder, name), picture, new Dictionary<string, string>(result.Metadata) { ["prompt"] = result.Prompts[i] });
+                    files.Add(new JobFile(name, $"{result.Prompts[i]}: {name[$"attention_{i}_".Length..^4].Replace('_', ' ')}"));
+                }
+            return new JobOutcome(files, new Dictionary<string, object?> { ["of_job"] = job, ["prompts"] = result.Prompts });
         });
     }
 
@@ -240,8 +272,9 @@ public sealed class Editor : IDisposable
     }
 
     /// <summary>
-    /// A token's cross-attention over prompt <paramref name="prompt"/>'s image of edit job <paramref name="job"/>, at
-    /// <paramref name="resolution"/> (default: the views' grid), averaged over all steps or at one UNet evaluation.
+    /// A token's cross-attention over prompt <paramref name="prompt"/>'s image of edit job <paramref name="job"/>, on the
+    /// grid with <paramref name="resolution"/> on its shorter side (default: the reference's, as <c>p2p attention</c>),
+    /// averaged over layers and heads, and over all steps or at one UNet evaluation.
     /// </summary>
     public byte[] AttentionMap(string job, int prompt, int token, int? step = null, int? resolution = null, int size = 256)
     {
@@ -253,18 +286,14 @@ public sealed class Editor : IDisposable
             if (token < 1 || token >= _model.Tokenizer.MaxLength) throw new UserError($"Token positions run from 1 to {_model.Tokenizer.MaxLength - 1}; got {token}.");
             var store = result.Controller;
             if (step is int s && (s < 0 || s >= store.StepCount)) throw new UserError($"The run has UNet evaluations 0..{store.StepCount - 1}; got step {s}.");
-            var grid = resolution is int r ? (r, r) : LargestGrid(store);
-            using var maps = store.Aggregate(grid.Item1, grid.Item2, [Models.UNetPlace.Up, Models.UNetPlace.Down], cross: true, prompt, step is int t ? [t] : null);
-            using var map = maps[.., .., token];
             var image = result.Images[prompt];
+            var grid = new AttentionViewOptions(resolution).ForRun(_model, image.Width, image.Height, store.StepCount).GridSize;
+            using var maps = store.Aggregate(grid.Height, grid.Width, [Models.UNetPlace.Up, Models.UNetPlace.Down], cross: true, prompt, step is int t ? [t] : null);
+            using var map = maps[.., .., token];
             var back = image.Resize(size, size * image.Height / image.Width);
             return Png.Encode(HeatMap.Overlay(back, map));
         }
     }
-
-    /// <summary>The finest grid of stored cross-attention at most 32x32 (the reference's views), and the grids there are.</summary>
-    static (int, int) LargestGrid(AttentionStore store) => store.Layers.Where(l => l.IsCross).Select(store.SizeOf)
-        .Where(g => g.Height * g.Width <= 32 * 32).OrderByDescending(g => g.Height * g.Width).First();
 
     public void Dispose()
     {

@@ -108,6 +108,14 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
         await Images(2);
         Assert.NotEqual(swapped, await Pixels(1));
         Assert.Equal(3, await _page.Locator("#jobs li.done").CountAsync()); // generate and two edits in the history
+
+        // Self-attention components on demand, at the chosen grid.
+        await _page.Locator("#grid").SelectOptionAsync("8");
+        await _page.Locator("#selfComponents").ClickAsync();
+        await _page.WaitForFunctionAsync("() => [...document.querySelectorAll('#images figcaption')].some(c => c.textContent.endsWith('self components'))",
+            null, new() { Timeout = 120_000 });
+        await Images(4); // tokens and components of both prompts
+        await Shot("self-components");
     }
 
     [Fact]

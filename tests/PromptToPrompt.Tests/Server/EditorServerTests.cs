@@ -141,6 +141,24 @@ public sealed class EditorServerTests : IClassFixture<EditorServerTests.Shared>
         using var outside = await _s.Http.GetAsync($"api/jobs/{id}/attention?prompt=1&token={blue}&step=6");
         Assert.Equal(HttpStatusCode.BadRequest, outside.StatusCode);
         Assert.Contains("UNet evaluations 0..5", await outside.Content.ReadAsStringAsync());
+
+        // Every grid the job lists can be viewed; another is refused naming the ones there are.
+        var grids = edit["details"]!["attention_grids"]!.AsArray().Select(g => g!.GetValue<int>()).ToList();
+        Assert.Contains(edit["details"]!["attention_grid"]!.GetValue<int>(), grids);
+        foreach (var g in grids)
+        {
+            using var at = await _s.Http.GetAsync($"api/jobs/{id}/attention?prompt=0&token=2&res={g}");
+            Assert.True(at.StatusCode == HttpStatusCode.OK, $"res {g}: {await at.Content.ReadAsStringAsync()}");
+        }
+        using var badGrid = await _s.Http.GetAsync($"api/jobs/{id}/attention?prompt=0&token=2&res=3");
+        Assert.Equal(HttpStatusCode.BadRequest, badGrid.StatusCode);
+        Assert.Contains("Use one of: --res", await badGrid.Content.ReadAsStringAsync());
+
+        // Self-attention components on demand: a views job over both prompts.
+        var views = await _s.Finished(await _s.Post("api/attention", new { job = id, self_components = 3 }));
+        Assert.True(views["state"]!.GetValue<string>() == "done", views.ToJsonString());
+        var names = views["images"]!.AsArray().Select(u => u!.GetValue<string>().Split('/')[^1]).ToList();
+        Assert.Equal(["attention_0_tokens.png", "attention_0_self_components.png", "attention_1_tokens.png", "attention_1_self_components.png"], names);
     }
 
     [Fact]
