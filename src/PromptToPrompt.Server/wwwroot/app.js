@@ -228,6 +228,8 @@ function addHistory(job) {
   const title = document.createElement("a");
   title.href = "#";
   title.textContent = `${describe(job)} — ${job.state}`;
+  if (job.details && job.details.spec) title.title = job.details.spec; // its parameters, on hover
+  if (job.error) title.title = job.error;
   title.onclick = e => { e.preventDefault(); if (job.state === "done") showResult(job); };
   item.append(title);
   if (job.state === "done" && job.details && job.details.spec) {

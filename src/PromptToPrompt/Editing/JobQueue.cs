@@ -130,7 +130,10 @@ public sealed class JobQueue : IDisposable
     /// <summary>Queues <paramref name="work"/>; throws <see cref="QueueFullException"/> when <see cref="Capacity"/> jobs already wait.</summary>
     public Job Enqueue(string kind, Func<JobContext, JobOutcome> work)
     {
-        var id = $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Interlocked.Increment(ref _next):D4}";
+        string id;
+        // A folder left by an earlier server in the same output folder is never reused.
+        do id = $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Interlocked.Increment(ref _next):D4}";
+        while (Directory.Exists(Path.Combine(_root, id)));
         var job = new Job(id, kind, Path.Combine(_root, id), work);
         _jobs[id] = job;
         if (!_pending.TryAdd(job))

@@ -144,6 +144,21 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.Equal(prompt, await _page.Locator("#prompt").InputValueAsync());
         Assert.Equal(prompt.Replace("purple", "orange"), await _page.Locator("#target").InputValueAsync());
         Assert.Equal("10", await _page.Locator("#steps").InputValueAsync());
+
+        // So does an AUTOMATIC1111 PNG (its "parameters" text).
+        using var dir = new TempDir();
+        var a1111 = dir.File("a1111.png");
+        PromptToPrompt.Imaging.Png.Save(a1111, new PromptToPrompt.Imaging.RgbImage(8, 8, new byte[8 * 8 * 3]), new Dictionary<string, string>
+        {
+            ["parameters"] = "a small red star on a black background\nNegative prompt: blurry\nSteps: 23, Sampler: Euler a, CFG scale: 6.5, Seed: 42, Size: 64x64, Model: x",
+        });
+        await _page.EvaluateAsync("() => { document.querySelector('#progressText').textContent = ''; }");
+        await DropFile(a1111);
+        await _page.WaitForFunctionAsync("() => document.querySelector('#progressText').textContent.includes('restored')");
+        Assert.Equal("a small red star on a black background", await _page.Locator("#prompt").InputValueAsync());
+        Assert.Equal("blurry", await _page.Locator("#negative").InputValueAsync());
+        Assert.Equal(("23", "6.5", "42", "64"), (await _page.Locator("#steps").InputValueAsync(), await _page.Locator("#guidance").InputValueAsync(),
+            await _page.Locator("#seed").InputValueAsync(), await _page.Locator("#width").InputValueAsync()));
     }
 
     [Fact]
