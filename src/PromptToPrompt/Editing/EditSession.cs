@@ -117,6 +117,7 @@ public sealed class EditSession
         Source = source;
         Cache = cache;
         if (source.Steps < 1) throw new UserError($"steps must be at least 1; got {source.Steps}.");
+        StableDiffusionPipeline.CheckGuidance(source.GuidanceScale);
         if (source.Scheduler is { } s && !Schedulers.Schedulers.Names.Contains(s))
             throw new UserError($"Unknown scheduler '{s}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
         SchedulerName = source.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler);

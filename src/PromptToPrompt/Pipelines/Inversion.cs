@@ -33,6 +33,7 @@ public sealed record InversionSettings(
     {
         if (Steps < 1) throw new UserError($"steps must be at least 1; got {Steps}.");
         if (InnerSteps < 1) throw new UserError($"inner steps must be at least 1; got {InnerSteps}.");
+        StableDiffusionPipeline.CheckGuidance(GuidanceScale);
         if (EarlyStopEpsilon < 0) throw new UserError($"the early-stop epsilon must not be negative; got {EarlyStopEpsilon}.");
     }
 }

@@ -155,6 +155,12 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         return x;
     }
 
+    /// <summary>Refuses a guidance scale that is not a finite number (NaN would sample a whole run, then fail).</summary>
+    public static void CheckGuidance(double guidance)
+    {
+        if (!double.IsFinite(guidance)) throw new UserError($"The guidance scale must be a finite number; got {guidance.ToString(System.Globalization.CultureInfo.InvariantCulture)}.");
+    }
+
     /// <summary>Decodes diffusion latents [N, C, h, w] to images, one at a time to bound memory.</summary>
     public RgbImage[] Decode(Tensor latents)
     {
@@ -187,6 +193,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
                                      CancellationToken cancel = default)
     {
         if (request.Prompts.Count == 0) throw new UserError("Give at least one prompt.");
+        CheckGuidance(request.GuidanceScale);
         var schedulerName = request.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler);
         var scheduler = Schedulers.Schedulers.Create(schedulerName, model.Scheduler, request.Steps);
         var (width, height) = ResolveSize(request.Width, request.Height, request.InitialLatent);

@@ -57,6 +57,8 @@ public class CliTests
     [InlineData("--scheduler|lms", "Unknown scheduler 'lms'")]
     [InlineData("--dtype|float8", "Unknown dtype 'float8'")]
     [InlineData("--latent|/no/such.safetensors", "File not found")]
+    [InlineData("--guidance|nan", "The guidance scale must be a finite number; got NaN.")]
+    [InlineData("--guidance|Infinity", "The guidance scale must be a finite number; got Infinity.")]
     public void Bad_input_is_one_line_nonzero_and_writes_nothing(string extra, string message)
     {
         using var dir = new TempDir();
