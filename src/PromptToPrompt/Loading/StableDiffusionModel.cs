@@ -27,8 +27,8 @@ public sealed record ModelPlacement(Device Device, ScalarType DType)
         if (match.Groups[1].Value == "cpu") return new ModelPlacement(CPU, type);
         // Checked before torch.device("cuda"), which throws an unhelpful error when libtorch has no CUDA backend.
         if (!cuda.is_available())
-            throw new UserError($"Device '{device}' was requested but CUDA is not available here: use a TorchSharp-cuda package instead of " +
-                                "TorchSharp-cpu (see Set-up in the README) on a machine with an NVIDIA driver, or use --device cpu.");
+            throw new UserError($"Device '{device}' was requested but CUDA is not available here: build with -p:TorchBackend=cuda (TorchSharp's CUDA " +
+                                "packages instead of TorchSharp-cpu; see Set-up in the README) on a machine with an NVIDIA driver, or use --device cpu.");
         int index = 0;
         if (match.Groups[2].Success && !int.TryParse(match.Groups[2].Value, out index)) index = int.MaxValue;
         if (index >= cuda.device_count())

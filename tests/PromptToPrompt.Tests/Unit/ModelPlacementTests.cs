@@ -38,8 +38,41 @@ public class ModelPlacementTests
         }
         else
             foreach (var device in new[] { "cuda", "cuda:1" })
-                Assert.Equal($"Device '{device}' was requested but CUDA is not available here: use a TorchSharp-cuda package instead of " +
-                             "TorchSharp-cpu (see Set-up in the README) on a machine with an NVIDIA driver, or use --device cpu.",
+                Assert.Equal($"Device '{device}' was requested but CUDA is not available here: build with -p:TorchBackend=cuda (TorchSharp's CUDA " +
+                             "packages instead of TorchSharp-cpu; see Set-up in the README) on a machine with an NVIDIA driver, or use --device cpu.",
                     Assert.Throws<UserError>(() => ModelPlacement.Parse(device, "float32")).Message);
+    }
+
+    /// <summary>
+    /// The GPU build cannot run here (no CUDA packages or driver), so what is tested is its effect on what restore
+    /// fetches: the package references MSBuild evaluates with and without -p:TorchBackend=cuda.
+    /// </summary>
+    [Fact]
+    public void TorchBackend_cuda_swaps_the_libtorch_package()
+    {
+        var project = Path.GetFullPath(Path.Combine(ShippedModelTests.Folder, "..", "..", "src", "PromptToPrompt", "PromptToPrompt.csproj"));
+        static (int Code, string Output) MsBuild(params string[] args)
+        {
+            var psi = new System.Diagnostics.ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+            foreach (var a in args.Prepend("msbuild")) psi.ArgumentList.Add(a);
+            using var p = System.Diagnostics.Process.Start(psi)!;
+            var output = p.StandardOutput.ReadToEndAsync();
+            var error = p.StandardError.ReadToEndAsync();
+            p.WaitForExit();
+            return (p.ExitCode, output.Result + error.Result);
+        }
+        List<string> Packages(params string[] properties)
+        {
+            var (code, output) = MsBuild([project, "-getItem:PackageReference", .. properties]);
+            Assert.True(code == 0, output);
+            return System.Text.Json.Nodes.JsonNode.Parse(output)!["Items"]!["PackageReference"]!.AsArray().Select(i => i!["Identity"]!.GetValue<string>()).ToList();
+        }
+        Assert.Contains("TorchSharp-cpu", Packages());
+        var cuda = Packages("-p:TorchBackend=cuda");
+        Assert.DoesNotContain("TorchSharp-cpu", cuda);
+        Assert.Contains(OperatingSystem.IsWindows() ? "TorchSharp-cuda-windows" : "TorchSharp-cuda-linux", cuda);
+        var (badCode, badOutput) = MsBuild(project, "-t:P2PCheckTorchBackend", "-p:TorchBackend=rocm");
+        Assert.NotEqual(0, badCode);
+        Assert.Contains("TorchBackend 'rocm' is unknown: use cpu (the default) or cuda.", badOutput);
     }
 }
