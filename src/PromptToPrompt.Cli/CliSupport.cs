@@ -180,18 +180,34 @@ static class CliSupport
     }
 }
 
-/// <summary>A progress line on stderr: step, it/s, ETA. Redraws in place on a terminal; one line per step otherwise.</summary>
+/// <summary>How progress is shown: a bar redrawn in place, a line every 5%, or nothing (<c>--progress</c>).</summary>
+enum ProgressMode { Auto, Bar, Plain, None }
+
+/// <summary>
+/// A progress line on stderr: step, it/s, ETA. On a terminal (or <c>--progress bar</c>) a bar redrawn in place; in a
+/// log (stderr redirected, or <c>--progress plain</c>) one line each time another 5% of the steps is done.
+/// </summary>
 sealed class ConsoleProgress(string label) : IProgress<StepProgress>, IProgress<InversionProgress>
 {
-    readonly bool _interactive = !Console.IsErrorRedirected;
+    /// <summary>Set from the root command's <c>--progress</c> before a command runs.</summary>
+    public static ProgressMode Mode { get; set; } = ProgressMode.Auto;
+
+    readonly ProgressMode _mode = Mode == ProgressMode.Auto ? (Console.IsErrorRedirected ? ProgressMode.Plain : ProgressMode.Bar) : Mode;
     string? _phase;
+    int _bucket = -1;
+
+    bool Interactive => _mode == ProgressMode.Bar;
 
     public void Report(StepProgress p) =>
         Write(label, p.Step, p.Total, $"{p.StepsPerSecond:0.00} it/s  ETA {p.Remaining:m\\:ss}", p.Step == p.Total);
 
     public void Report(InversionProgress p)
     {
-        if (_phase is not null && _phase != p.Phase && _interactive) Console.Error.WriteLine();
+        if (_phase != p.Phase)
+        {
+            if (_phase is not null && Interactive) Console.Error.WriteLine();
+            _bucket = -1;
+        }
         _phase = p.Phase;
         // Time per outer step so far; inner iterations vary (early stopping), so the ETA is an estimate.
         double perStep = p.Step > 0 ? p.Elapsed.TotalSeconds / p.Step : 0;
@@ -211,11 +227,19 @@ sealed class ConsoleProgress(string label) : IProgress<StepProgress>, IProgress<
         const int width = 24;
         int filled = total == 0 ? width : step * width / total;
         var line = $"{what} [{new string('#', filled)}{new string('-', width - filled)}] step {step}/{total}  {detail}";
-        if (_interactive)
+        switch (_mode)
         {
-            Console.Error.Write("\r" + line.PadRight(TerminalWidth()));
-            if (done) Console.Error.WriteLine();
+            case ProgressMode.Bar:
+                Console.Error.Write("\r" + line.PadRight(TerminalWidth()));
+                if (done) Console.Error.WriteLine();
+                break;
+            case ProgressMode.Plain:
+                // The first report of each further 5% of the steps, and the last one.
+                int bucket = total == 0 ? 20 : step * 20 / total;
+                if (bucket == _bucket && !done) break;
+                _bucket = bucket;
+                Console.Error.WriteLine(line);
+                break;
         }
-        else Console.Error.WriteLine(line);
     }
 }

@@ -13,4 +13,11 @@ var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diff
     TrainShapesCommand.Create(),
     EvalShapesCommand.Create(),
 };
-return root.Parse(args).Invoke();
+var progress = new Option<ProgressMode>("--progress")
+{
+    Description = "auto (a bar on a terminal, a line every 5% in a log), bar, plain or none.", Recursive = true, DefaultValueFactory = _ => ProgressMode.Auto,
+};
+root.Options.Add(progress);
+var parsed = root.Parse(args);
+ConsoleProgress.Mode = parsed.GetValue(progress);
+return parsed.Invoke();

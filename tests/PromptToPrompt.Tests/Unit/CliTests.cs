@@ -51,6 +51,28 @@ public class CliTests
         Assert.Equal(64, RgbImage.Load(dir.File("o.png")).Height);
     }
 
+    [Fact]
+    public void Progress_in_a_log_is_a_line_every_five_percent_or_none()
+    {
+        using var dir = new TempDir();
+        string[] Args(params string[] extra) => ["generate", "--prompt", "a large red circle on a white background", "--seed", "1", "--steps", "40",
+            "--scheduler", "ddim", "--out", dir.File($"{string.Join("_", extra)}.png"), .. extra];
+        var (code, _, stderr) = RunP2P(Args()); // stderr is redirected here: plain by default
+        Assert.True(code == 0, stderr);
+        var lines = stderr.Split('\n').Where(l => l.StartsWith("denoising [")).ToList();
+        Assert.Equal(21, lines.Count); // step 1 (the run has started), then 2, 4, ..., 40
+        Assert.Contains("step 1/40", lines[0]);
+        Assert.Contains("step 2/40", lines[1]);
+        Assert.Contains("step 40/40", lines[^1]);
+        Assert.DoesNotContain('\r', stderr);
+        var none = RunP2P(Args("--progress", "none"));
+        Assert.True(none.Code == 0, none.Err);
+        Assert.DoesNotContain("denoising [", none.Err);
+        var bar = RunP2P(Args("--progress", "bar"));
+        Assert.True(bar.Code == 0, bar.Err);
+        Assert.Equal(40, bar.Err.Split('\r').Count(l => l.StartsWith("denoising [")));
+    }
+
     [Theory]
     [InlineData("--model|/no/such/model", "Model not found: /no/such/model")]
     [InlineData("--width|100", "width 100 is not a positive multiple of 8")]
