@@ -74,8 +74,16 @@ public sealed class Editor : IDisposable
             bool cached = _cache.Contains(session.Key);
             ctx.Previewer = _preview.Render;
             var result = session.EditAll([request], int.MaxValue, views, ctx, ctx.Cancel)[0];
-            _preview.Learn(result.Latents, result.Images);
-            result.Save(ctx.Folder, fitted);
+            try
+            {
+                _preview.Learn(result.Latents, result.Images);
+                result.Save(ctx.Folder, fitted);
+            }
+            catch
+            {
+                result.Dispose();
+                throw;
+            }
             Keep(ctx.JobId, result);
             var names = EditResult.FileNames(result.Prompts.Count);
             var files = names.Select((n, i) => new JobFile(n, i < result.Prompts.Count ? result.Prompts[i] : "grid")).ToList();
@@ -185,9 +193,12 @@ public sealed class Editor : IDisposable
         if (string.IsNullOrWhiteSpace(prompt)) throw new UserError("Describe the photo: an inversion needs the prompt it is inverted with.");
         settings.Validate();
         CheckSize(width, height);
-        var decoded = RgbImage.Decode(new MemoryStream(image), "The photo");
-        if ((long)decoded.Width * decoded.Height > Limits.MaxPixels)
-            throw new UserError($"The photo has {decoded.Width}x{decoded.Height} pixels; this server takes at most {Limits.MaxPixels} pixels.");
+        // The size from the header first, so a small file claiming a huge image is refused before it is decoded.
+        if (StbImageSharp.ImageInfo.FromStream(new MemoryStream(image)) is not { } info)
+            throw new UserError("The photo could not be read as an image. Upload a PNG or JPEG file.");
+        if ((long)info.Width * info.Height > Limits.MaxPixels)
+            throw new UserError($"The photo has {info.Width}x{info.Height} pixels; this server takes at most {Limits.MaxPixels} pixels.");
+        RgbImage.Decode(new MemoryStream(image), "The photo");
         return Jobs.Enqueue("invert", ctx =>
         {
             var path = Path.Combine(ctx.Folder, "photo" + (image is [0x89, ..] ? ".png" : ".jpg"));

@@ -280,6 +280,15 @@ public sealed class EditorServerTests : IClassFixture<EditorServerTests.Shared>
         using var bad = await _s.Http.PostAsync("api/invert", form);
         Assert.Equal(HttpStatusCode.BadRequest, bad.StatusCode);
         Assert.Contains("could not be read as an image", await bad.Content.ReadAsStringAsync());
+        // A small file whose header claims 10000x10000 pixels is refused from the header, never decoded.
+        var bombBytes = System.IO.File.ReadAllBytes(Path.Combine(Path.GetDirectoryName(ShippedModelTests.Folder)!, "..", "examples", "shapes_photo.png"));
+        byte[] huge = [0, 0, 0x27, 0x10];
+        huge.CopyTo(bombBytes, 16); // IHDR width
+        huge.CopyTo(bombBytes, 20); // IHDR height
+        using var bombForm = new MultipartFormDataContent { { new ByteArrayContent(bombBytes), "image", "bomb.png" }, { new StringContent("a red circle"), "prompt" } };
+        using var bomb = await _s.Http.PostAsync("api/invert", bombForm);
+        Assert.Equal(HttpStatusCode.BadRequest, bomb.StatusCode);
+        Assert.Contains("The photo has 10000x10000 pixels; this server takes at most", await bomb.Content.ReadAsStringAsync());
         using var missing = await _s.Http.GetAsync("api/jobs/19700101-000000-9999");
         Assert.Equal(HttpStatusCode.NotFound, missing.StatusCode);
         using var file = await _s.Http.GetAsync("api/jobs/19700101-000000-9999/files/..%2F..%2Fetc%2Fpasswd");
