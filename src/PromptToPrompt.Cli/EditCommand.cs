@@ -137,13 +137,7 @@ static class EditCommand
             // edits can be compared with it.
             foreach (var path in result.Save(outDir, fresh?.Fitted)) Console.WriteLine(path);
             if (show)
-                for (int i = 0; i < s.Prompts.Count; i++)
-                    foreach (var (name, picture) in AttentionReport.Images(result.Controller, sd.Tokenizer, s.Prompts[i], i, result.Images[i], viewOptions, $"attention_{i}_"))
-                    {
-                        var path = Path.Combine(outDir, name);
-                        Png.Save(path, picture, new Dictionary<string, string>(text) { ["prompt"] = s.Prompts[i] });
-                        Console.WriteLine(path);
-                    }
+                foreach (var (_, name) in result.SaveAttention(outDir, sd.Tokenizer, viewOptions)) Console.WriteLine(Path.Combine(outDir, name));
             if (latentsPath is not null)
             {
                 SafetensorsFile.Write(latentsPath, new Dictionary<string, TorchSharp.torch.Tensor> { ["latents"] = result.Latents }, text);

@@ -108,23 +108,18 @@ public static class EditorServer
 
         app.MapPost("/api/edit", async (HttpRequest request) =>
         {
-            var body = await ReadObject(request);
-            var photo = body["photo"]?.GetValue<string>();
-            body.Remove("photo");
-            bool sampling = body.ContainsKey("steps") || body.ContainsKey("guidance_scale");
-            return Queued(editor.Edit(EditSpec.Parse(body, "request"), photo, sampling));
+            var (spec, photo, sampling) = ReadSpec(await ReadObject(request));
+            return Queued(editor.Edit(spec, photo, sampling));
         });
 
         app.MapPost("/api/sweep", async (HttpRequest request) =>
         {
             var body = await ReadObject(request);
-            var photo = body["photo"]?.GetValue<string>();
             var axes = (body["axes"] as JsonArray ?? throw new UserError("\"axes\" must be a list of one or two {\"parameter\", \"values\", \"word\"} objects."))
                 .Select(Axis).ToList();
-            body.Remove("photo");
             body.Remove("axes");
-            bool sampling = body.ContainsKey("steps") || body.ContainsKey("guidance_scale");
-            return Queued(editor.Sweep(EditSpec.Parse(body, "request"), axes, photo, sampling));
+            var (spec, photo, sampling) = ReadSpec(body);
+            return Queued(editor.Sweep(spec, axes, photo, sampling));
         });
 
         app.MapPost("/api/attention", async (HttpRequest request) =>
@@ -262,6 +257,17 @@ public static class EditorServer
         var word = (o["word"] as JsonValue)?.ToString();
         if (parameter == SweepParameter.Reweight && string.IsNullOrEmpty(word)) throw new UserError("A reweight sweep names its \"word\".");
         return new SweepAxis(parameter, values, parameter == SweepParameter.Reweight ? word : null);
+    }
+
+    /// <summary>
+    /// A request's edit spec (the JSON of <c>p2p edit --spec</c>), the inversion job it edits (<c>"photo"</c>) and whether
+    /// it set steps or guidance itself.
+    /// </summary>
+    static (EditSpec Spec, string? Photo, bool SamplingGiven) ReadSpec(JsonObject body)
+    {
+        var photo = body["photo"] is null ? null : Text(body, "photo");
+        body.Remove("photo");
+        return (EditSpec.Parse(body, "request"), photo, body.ContainsKey("steps") || body.ContainsKey("guidance_scale"));
     }
 
     static string Text(JsonObject body, string field) =>

@@ -78,6 +78,23 @@ public sealed record EditResult(IReadOnlyList<string> Prompts, RgbImage[] Images
         return paths;
     }
 
+    /// <summary>
+    /// Writes the attention views of every prompt (<see cref="AttentionReport.Images"/>, named <c>attention_I_...png</c>)
+    /// into <paramref name="folder"/>, each with the edit's metadata; <paramref name="views"/> as the edit ran with them.
+    /// Returns (prompt index, file name) in order.
+    /// </summary>
+    public List<(int Prompt, string Name)> SaveAttention(string folder, Text.ClipTokenizer tokenizer, AttentionViewOptions views)
+    {
+        var files = new List<(int, string)>();
+        for (int i = 0; i < Prompts.Count; i++)
+            foreach (var (name, picture) in AttentionReport.Images(Controller, tokenizer, Prompts[i], i, Images[i], views, $"attention_{i}_"))
+            {
+                Png.Save(Path.Combine(folder, name), picture, new Dictionary<string, string>(Metadata) { ["prompt"] = Prompts[i] });
+                files.Add((i, name));
+            }
+        return files;
+    }
+
     public void Dispose()
     {
         Latents.Dispose();

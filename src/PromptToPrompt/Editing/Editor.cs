@@ -145,13 +145,8 @@ public sealed class Editor : IDisposable
         return Jobs.Enqueue("attention", ctx =>
         {
             using var result = viewSession.EditAll([new EditRequest(spec.Prompts.Skip(1).ToList(), spec.Edit)], int.MaxValue, views, ctx, ctx.Cancel)[0];
-            var files = new List<JobFile>();
-            for (int i = 0; i < result.Prompts.Count; i++)
-                foreach (var (name, picture) in AttentionReport.Images(result.Controller, _model.Tokenizer, result.Prompts[i], i, result.Images[i], views, $"attention_{i}_"))
-                {
-                    Png.Save(Path.Combine(ctx.Folder, name), picture, new Dictionary<string, string>(result.Metadata) { ["prompt"] = result.Prompts[i] });
-                    files.Add(new JobFile(name, $"{result.Prompts[i]}: {name[$"attention_{i}_".Length..^4].Replace('_', ' ')}"));
-                }
+            var files = result.SaveAttention(ctx.Folder, _model.Tokenizer, views)
+                .Select(f => new JobFile(f.Name, $"{result.Prompts[f.Prompt]}: {f.Name[$"attention_{f.Prompt}_".Length..^4].Replace('_', ' ')}")).ToList();
             return new JobOutcome(files, new Dictionary<string, object?> { ["of_job"] = job, ["prompts"] = result.Prompts });
         });
     }
