@@ -18,7 +18,7 @@ static class CliSupport
     public static Option<long?> Seed() => new("--seed") { Description = "Random seed of the initial noise (random if omitted; always recorded in the PNG)." };
     public static Option<string?> Scheduler() => new("--scheduler")
     {
-        Description = "pndm, ddim, euler or dpmpp-2m (default: the model's own scheduler).",
+        Description = "pndm, ddim, euler, euler-a or dpmpp-2m (default: the model's own scheduler; euler-a, which adds fresh noise at every step, generates and follows instructions but does not edit).",
     };
     public static Option<int?> Width() => new("--width") { Description = "Image width in pixels, a multiple of 8 (default: the model's size)." };
     public static Option<int?> Height() => new("--height") { Description = "Image height in pixels, a multiple of 8 (default: the model's size)." };

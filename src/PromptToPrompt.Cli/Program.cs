@@ -8,6 +8,7 @@ var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diff
     SweepCommand.Create(),
     AttentionCommand.Create(),
     InvertCommand.Create(),
+    InstructCommand.Create(),
     ServeCommand.Create(),
     BenchmarkCommand.Create(),
     TrainShapesCommand.Create(),

@@ -92,7 +92,7 @@ public static class EditorServer
         app.MapGet("/api/info", () => Results.Json(new
         {
             model = editor.ModelName, width = model.DefaultImageSize, height = model.DefaultImageSize, steps = 50, guidance_scale = 7.5,
-            schedulers = Schedulers.Schedulers.Names, scheduler = Schedulers.Schedulers.DefaultFor(model.Scheduler),
+            schedulers = Schedulers.Schedulers.Names.Where(n => !Schedulers.Schedulers.IsAncestral(n)), scheduler = Schedulers.Schedulers.DefaultFor(model.Scheduler),
             max_tokens = model.Tokenizer.MaxLength, queue_capacity = editor.Limits.QueueCapacity, max_upload_bytes = editor.Limits.MaxUploadBytes,
         }, Json));
 

@@ -133,11 +133,13 @@ public sealed class EditSession
         _log = log;
         Source = source;
         Cache = cache;
+        model.RequireTextToImage();
         if (source.Steps < 1) throw new UserError($"steps must be at least 1; got {source.Steps}.");
         StableDiffusionPipeline.CheckGuidance(source.GuidanceScale);
         if (source.Scheduler is { } s && !Schedulers.Schedulers.Names.Contains(s))
             throw new UserError($"Unknown scheduler '{s}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
         SchedulerName = source.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler);
+        StableDiffusionPipeline.CheckDeterministic(SchedulerName);
         (Width, Height) = _pipeline.ResolveSize(source.Width, source.Height, source.InitialLatent);
         if (source.InitialLatent is { } x) _pipeline.CheckLatent(x, Width, Height, 1);
         Evaluations = _pipeline.Evaluations(SchedulerName, source.Steps);
@@ -146,7 +148,7 @@ public sealed class EditSession
             if (SchedulerName != "ddim") throw new UserError($"Direct inversion samples with DDIM; --scheduler {SchedulerName} cannot be used.");
             if (d.dim() != 4 || d.shape[0] != Evaluations + 1 || d.shape[2] != Height / model.VaeScale || d.shape[3] != Width / model.VaeScale)
                 throw new UserError($"The direct-inversion trajectory has shape [{string.Join(", ", d.shape)}] but {source.Steps} steps at {Width}x{Height} need " +
-                                    $"[{Evaluations + 1}, {model.UNet.Config.InChannels}, {Height / model.VaeScale}, {Width / model.VaeScale}]. Invert the photo again.");
+                                    $"[{Evaluations + 1}, {model.LatentChannels}, {Height / model.VaeScale}, {Width / model.VaeScale}]. Invert the photo again.");
         }
     }
 

@@ -20,10 +20,62 @@ public static class ImageInput
     /// turns it upright according to its EXIF orientation, and brings it to <paramref name="width"/> x
     /// <paramref name="height"/> with <paramref name="fit"/> (bicubic, antialiased when shrinking, like PIL's resize).
     /// </summary>
-    public static RgbImage Load(string path, int width, int height, FitMode fit = FitMode.Crop)
+    public static RgbImage Load(string path, int width, int height, FitMode fit = FitMode.Crop) => Fit(LoadUpright(path), width, height, fit);
+
+    /// <summary>Loads <paramref name="path"/> as RGB at its own size, turned upright according to its EXIF orientation.</summary>
+    public static RgbImage LoadUpright(string path) => ApplyOrientation(RgbImage.Load(path), ExifOrientation(File.ReadAllBytes(path)));
+
+    /// <summary>
+    /// Resized with PIL's Lanczos filter (<c>Image.resize(size, LANCZOS)</c>, as diffusers' preprocessing resizes): support 3,
+    /// widened by the scale when shrinking, horizontal pass then vertical, each in PIL's 22-bit fixed point with 8-bit rounding.
+    /// </summary>
+    public static RgbImage Lanczos(RgbImage image, int width, int height)
     {
-        var image = ApplyOrientation(RgbImage.Load(path), ExifOrientation(File.ReadAllBytes(path)));
-        return Fit(image, width, height, fit);
+        var result = image;
+        if (width != image.Width) result = LanczosPass(result, width, horizontal: true);
+        if (height != image.Height) result = LanczosPass(result, height, horizontal: false);
+        return result;
+    }
+
+    const int PrecisionBits = 32 - 8 - 2;
+
+    static RgbImage LanczosPass(RgbImage image, int outSize, bool horizontal)
+    {
+        int inSize = horizontal ? image.Width : image.Height;
+        double scale = (double)inSize / outSize, filterScale = Math.Max(scale, 1.0), support = 3.0 * filterScale;
+        static double Sinc(double x) => x == 0 ? 1 : Math.Sin(x * Math.PI) / (x * Math.PI);
+        static double Filter(double x) => x >= -3.0 && x < 3.0 ? Sinc(x) * Sinc(x / 3) : 0;
+        var starts = new int[outSize];
+        var weights = new int[outSize][];
+        for (int o = 0; o < outSize; o++)
+        {
+            double center = (o + 0.5) * scale;
+            int min = Math.Max((int)(center - support + 0.5), 0), max = Math.Min((int)(center + support + 0.5), inSize) - min;
+            var k = new double[max];
+            double sum = 0;
+            for (int x = 0; x < max; x++) sum += k[x] = Filter((x + min - center + 0.5) / filterScale);
+            starts[o] = min;
+            weights[o] = k.Select(w => sum == 0 ? 0 : w / sum).Select(w => (int)(w < 0 ? -0.5 + w * (1 << PrecisionBits) : 0.5 + w * (1 << PrecisionBits))).ToArray();
+        }
+        int ow = horizontal ? outSize : image.Width, oh = horizontal ? image.Height : outSize;
+        var pixels = new byte[ow * oh * 3];
+        for (int y = 0; y < oh; y++)
+            for (int x = 0; x < ow; x++)
+            {
+                int o = horizontal ? x : y;
+                var k = weights[o];
+                for (int c = 0; c < 3; c++)
+                {
+                    long acc = 1L << (PrecisionBits - 1);
+                    for (int j = 0; j < k.Length; j++)
+                    {
+                        int sx = horizontal ? starts[o] + j : x, sy = horizontal ? y : starts[o] + j;
+                        acc += image.Pixels[(sy * image.Width + sx) * 3 + c] * (long)k[j];
+                    }
+                    pixels[(y * ow + x) * 3 + c] = (byte)Math.Clamp(acc >> PrecisionBits, 0, 255);
+                }
+            }
+        return new RgbImage(ow, oh, pixels);
     }
 
     public static RgbImage Fit(RgbImage image, int width, int height, FitMode fit)

@@ -8,13 +8,15 @@ public sealed record RgbImage(int Width, int Height, byte[] Pixels)
 {
     /// <summary>
     /// Converts decoded VAE output [N, 3, H, W] in [-1, 1] to images exactly as the reference does:
-    /// <c>uint8(clamp(x / 2 + 0.5, 0, 1) * 255)</c> in float32, truncating (not rounding).
+    /// <c>uint8(clamp(x / 2 + 0.5, 0, 1) * 255)</c> in float32, truncating as the Prompt-to-Prompt code does, or
+    /// rounding half to even as diffusers' <c>numpy_to_pil</c> does (<paramref name="round"/>).
     /// </summary>
-    public static RgbImage[] FromDecoded(Tensor decoded)
+    public static RgbImage[] FromDecoded(Tensor decoded, bool round = false)
     {
         using var scope = NewDisposeScope();
         var x = (decoded.to(ScalarType.Float32) / 2 + 0.5).clamp(0.0, 1.0);
-        var bytes = (x.permute(0, 2, 3, 1) * 255).to(ScalarType.Byte).cpu().contiguous();
+        var scaled = x.permute(0, 2, 3, 1) * 255;
+        var bytes = (round ? scaled.round() : scaled).to(ScalarType.Byte).cpu().contiguous();
         int n = (int)bytes.shape[0], h = (int)bytes.shape[1], w = (int)bytes.shape[2];
         var all = bytes.data<byte>().ToArray();
         return Enumerable.Range(0, n).Select(i => new RgbImage(w, h, all.AsSpan(i * h * w * 3, h * w * 3).ToArray())).ToArray();

@@ -114,8 +114,6 @@ public static class SingleFileCheckpoint
         var inputBlocks = keys.Where(k => k.StartsWith(UNetPrefix + "input_blocks."))
             .Select(k => int.Parse(k.Split('.')[3])).Distinct().OrderBy(i => i).ToList();
         int inChannels = (int)Shape(UNetPrefix + "input_blocks.0.0.weight")[1];
-        if (inChannels != 4)
-            throw new UserError($"The UNet takes {inChannels} input channels (an inpainting or depth model?); only text-to-image models with 4 latent channels are supported.");
         // input_blocks: conv_in, then per level `layers_per_block` resnets and a downsampler (none after the last level).
         int channel0 = (int)Shape(UNetPrefix + "input_blocks.0.0.weight")[0];
         int levels = inputBlocks.Count(i => keySet.Contains($"{UNetPrefix}input_blocks.{i}.0.op.weight")) + 1;
@@ -129,7 +127,7 @@ public static class SingleFileCheckpoint
         int contextDim = (int)Shape(crossKey)[1];
         bool linear = Shape(keys.First(k => k.StartsWith(UNetPrefix) && k.EndsWith("proj_in.weight"))).Length == 2;
         int[] heads = levelChannels.Select(c => sd2 ? c / 64 : 8).ToArray();
-        var unet = new UNetConfig(4, (int)Shape(UNetPrefix + "out.2.weight")[0], levelChannels.ToArray(),
+        var unet = new UNetConfig(inChannels, (int)Shape(UNetPrefix + "out.2.weight")[0], levelChannels.ToArray(),
             crossLevels.Select(c => c ? "CrossAttnDownBlock2D" : "DownBlock2D").ToArray(),
             crossLevels.AsEnumerable().Reverse().Select(c => c ? "CrossAttnUpBlock2D" : "UpBlock2D").ToArray(),
             layersPerBlock, heads, contextDim, 32, 1e-5, true, 0, 1, 1.0, linear, sd2, 64, false);
@@ -161,8 +159,11 @@ public static class SingleFileCheckpoint
             text = new ClipTextConfig((int)emb[0], hidden, (int)Shape(p + "encoder.layers.0.mlp.fc1.weight")[0], layers, hidden / 64,
                 (int)Shape(p + "embeddings.position_embedding.weight")[0], 1e-5, "quick_gelu");
         }
+        StableDiffusionModel.CheckUNetInputs(unet, vae, "The checkpoint");
+        // The published configs: PNDM for text-to-image, Euler ancestral for InstructPix2Pix (timbrooks/instruct-pix2pix).
         var scheduler = new SchedulerConfig(BetaStart: 0.00085, BetaEnd: 0.012, BetaSchedule: "scaled_linear", SkipPrkSteps: true,
-            StepsOffset: 1, SetAlphaToOne: false, ClipSample: false, ClassName: "PNDMScheduler");
+            StepsOffset: 1, SetAlphaToOne: false, ClipSample: false,
+            ClassName: inChannels == 2 * vae.LatentChannels ? "EulerAncestralDiscreteScheduler" : "PNDMScheduler");
         return new Configs(unet, vae, text, scheduler);
     }
 

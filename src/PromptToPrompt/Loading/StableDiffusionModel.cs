@@ -54,6 +54,37 @@ public sealed class StableDiffusionModel : IDisposable
     public int VaeScale => Vae.Config.DownscaleFactor;
     /// <summary>The image size the model was trained at (UNet sample_size times the VAE factor).</summary>
     public int DefaultImageSize => UNet.Config.SampleSize * VaeScale;
+    /// <summary>Channels of a diffusion latent (the VAE's latent_channels, 4 for SD).</summary>
+    public int LatentChannels => Vae.Config.LatentChannels;
+    /// <summary>
+    /// An InstructPix2Pix model: its UNet takes the noisy latent and the input image's latent, concatenated on the
+    /// channel axis (in_channels = 2 x latent channels).
+    /// </summary>
+    public bool IsInstructPix2Pix => UNet.Config.InChannels == 2 * LatentChannels;
+
+    /// <summary>Refuses an InstructPix2Pix model where a text-to-image model is needed (generation, edits, inversion).</summary>
+    public void RequireTextToImage()
+    {
+        if (IsInstructPix2Pix)
+            throw new UserError($"{Name} is an InstructPix2Pix model (its UNet also takes the input image's latent); it edits by instruction: " +
+                                "use p2p instruct with it, or give a text-to-image model.");
+    }
+
+    /// <summary>Refuses a model without the InstructPix2Pix image input.</summary>
+    public void RequireInstructPix2Pix()
+    {
+        if (!IsInstructPix2Pix)
+            throw new UserError($"{Name} is not an InstructPix2Pix model (its UNet takes {UNet.Config.InChannels} input channels, not the latent and the image's " +
+                                $"latent, {2 * LatentChannels}); give an instruction model such as timbrooks/instruct-pix2pix to p2p instruct.");
+    }
+
+    /// <summary>Refuses UNets whose inputs are neither a latent nor a latent and an image latent (inpainting, depth).</summary>
+    internal static void CheckUNetInputs(UNetConfig unet, VaeConfig vae, string where)
+    {
+        if (unet.InChannels != vae.LatentChannels && unet.InChannels != 2 * vae.LatentChannels)
+            throw new UserError($"{where}: the UNet takes {unet.InChannels} input channels (an inpainting or depth model?); supported are text-to-image models " +
+                                $"({vae.LatentChannels}) and InstructPix2Pix models ({2 * vae.LatentChannels}).");
+    }
 
     /// <summary>
     /// Loads a diffusers folder (model_index.json) or a single-file checkpoint (.safetensors in the original
@@ -84,6 +115,7 @@ public sealed class StableDiffusionModel : IDisposable
         var unetConfig = UNetConfig.From(ConfigJson.Load(Path.Combine(Sub("unet"), "config.json")));
         var vaeConfig = VaeConfig.From(ConfigJson.Load(Path.Combine(Sub("vae"), "config.json")));
         var schedulerConfig = SchedulerConfig.From(ConfigJson.Load(Path.Combine(Sub("scheduler"), "scheduler_config.json")));
+        CheckUNetInputs(unetConfig, vaeConfig, Path.Combine(Sub("unet"), "config.json"));
         var tokenizer = ClipTokenizer.Load(Sub("tokenizer"));
         bool preferFp16 = placement.DType != ScalarType.Float32;
 

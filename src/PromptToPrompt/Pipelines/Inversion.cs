@@ -70,6 +70,7 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
                                   CancellationToken cancel = default)
     {
         settings.Validate();
+        Model.RequireTextToImage();
         var scheduler = Scheduler(settings.Steps);
         int n = scheduler.Timesteps.Count;
         var device = Model.Placement.Device;

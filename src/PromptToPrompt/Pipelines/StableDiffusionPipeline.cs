@@ -35,6 +35,8 @@ public sealed record GenerationRequest
     public Tensor? InitialLatent { get; init; }
     public int? Width { get; init; }
     public int? Height { get; init; }
+    /// <summary>Attend-and-Excite on the (single) prompt; null = plain generation.</summary>
+    public ExciteSettings? Excite { get; init; }
     /// <summary>
     /// Per-step unconditional embeddings [steps, 1, L, D] (from null-text inversion), used at step i instead of the
     /// negative prompt's embedding, broadcast to every prompt.
@@ -43,7 +45,9 @@ public sealed record GenerationRequest
 }
 
 /// <summary>Final latents (before VAE decoding, [N, C, h, w], float32 on the CPU) and the decoded images.</summary>
-public sealed record GenerationResult(Tensor Latents, RgbImage[] Images, IReadOnlyDictionary<string, string> Parameters);
+/// <see cref="Excite"/> is what Attend-and-Excite did at each step, when it ran.
+public sealed record GenerationResult(Tensor Latents, RgbImage[] Images, IReadOnlyDictionary<string, string> Parameters,
+                                      IReadOnlyList<ExciteStep>? Excite = null);
 
 /// <summary>
 /// Text-to-image with classifier-free guidance, following the reference: text batch
@@ -98,15 +102,21 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
     public Tensor InitialNoise(long seed, int count, int width, int height)
     {
         using var generator = new Generator((ulong)seed, CPU);
+        return InitialNoise(generator, count, width, height);
+    }
+
+    /// <summary>Initial noise drawn from <paramref name="generator"/> (a CPU generator), which later draws continue.</summary>
+    public Tensor InitialNoise(Generator generator, int count, int width, int height)
+    {
         int f = model.VaeScale;
-        return randn([count, model.UNet.Config.InChannels, height / f, width / f], ScalarType.Float32, CPU, generator: generator);
+        return randn([count, model.LatentChannels, height / f, width / f], ScalarType.Float32, CPU, generator: generator);
     }
 
     /// <summary>Validates a user-supplied x_T against the model and size.</summary>
     public void CheckLatent(Tensor latent, int width, int height, int batch)
     {
         int f = model.VaeScale;
-        long[] expected = [1, model.UNet.Config.InChannels, height / f, width / f];
+        long[] expected = [1, model.LatentChannels, height / f, width / f];
         bool ok = latent.dim() == 4 && (latent.shape[0] == 1 || latent.shape[0] == batch) && latent.shape[1..].SequenceEqual(expected[1..]);
         if (!ok)
             throw new UserError($"The initial latent has shape [{string.Join(", ", latent.shape)}] but this model and size need " +
@@ -119,7 +129,8 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
     /// unconditional embedding at each step (null-text inversion). Returns the final latents (float32).
     /// </summary>
     public Tensor Denoise(Tensor latents, Tensor uncond, Tensor cond, IScheduler scheduler, double guidance,
-                          IDenoisingObserver? observer = null, IProgress<StepProgress>? progress = null, CancellationToken cancel = default)
+                          IDenoisingObserver? observer = null, IProgress<StepProgress>? progress = null, CancellationToken cancel = default,
+                          Generator? generator = null, ILatentGuidance? latentGuidance = null)
     {
         using var _ = no_grad();
         bool perStep = uncond.dim() == 4;
@@ -134,7 +145,8 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
             using var scope = NewDisposeScope();
             using var pause = CollectionPause.Begin();
             observer?.OnStepStart(i, total);
-            var input = scheduler.ScaleModelInput(cfg ? cat([x, x], 0) : x, i);
+            var current = latentGuidance?.Guide(i, x, scheduler.Timesteps[i]) ?? x;
+            var input = scheduler.ScaleModelInput(cfg ? cat([current, current], 0) : current, i);
             var context = perStep ? cat([uncond[i].expand(cond.shape).to(DType).to(Device), fixedContext], 0) : fixedContext;
             using var t = tensor((float)scheduler.Timesteps[i], ScalarType.Float32, Device);
             var output = model.UNet.forward(input.to(DType), t, context).to(ScalarType.Float32);
@@ -145,7 +157,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
                 noise = halves[0] + guidance * (halves[1] - halves[0]);
             }
             else noise = output;
-            var next = scheduler.Step(noise, i, x);
+            var next = scheduler.Step(noise, i, current, generator);
             if (observer is not null) next = observer.OnStepEnd(i, next);
             next.MoveToOuterDisposeScope();
             if (!ReferenceEquals(x, latents)) x.Dispose();
@@ -159,6 +171,17 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
     public static void CheckGuidance(double guidance)
     {
         if (!double.IsFinite(guidance)) throw new UserError($"The guidance scale must be a finite number; got {guidance.ToString(System.Globalization.CultureInfo.InvariantCulture)}.");
+    }
+
+    /// <summary>
+    /// Refuses an ancestral scheduler where branches must share one trajectory: its fresh noise at every step would
+    /// differ between a recorded source and a later edit, and inversion needs a deterministic sampler.
+    /// </summary>
+    public static void CheckDeterministic(string scheduler)
+    {
+        if (Schedulers.Schedulers.IsAncestral(scheduler))
+            throw new UserError($"{scheduler} adds fresh noise at every step, so a source and its edits would not share a trajectory; " +
+                                "Prompt-to-Prompt edits and inversions use a deterministic scheduler: pndm, ddim, euler or dpmpp-2m.");
     }
 
     /// <summary>Decodes diffusion latents [N, C, h, w] to images, one at a time to bound memory.</summary>
@@ -193,19 +216,25 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
                                      CancellationToken cancel = default)
     {
         if (request.Prompts.Count == 0) throw new UserError("Give at least one prompt.");
+        model.RequireTextToImage();
         CheckGuidance(request.GuidanceScale);
         var schedulerName = request.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler);
+        if (controller is not null) CheckDeterministic(schedulerName);
+        if (request.Excite is not null && (request.Prompts.Count != 1 || controller is not null))
+            throw new UserError("Attend-and-Excite guides one prompt at a time: give a single --prompt.");
         var scheduler = Schedulers.Schedulers.Create(schedulerName, model.Scheduler, request.Steps);
         var (width, height) = ResolveSize(request.Width, request.Height, request.InitialLatent);
         int n = request.Prompts.Count;
         using var scope = NewDisposeScope();
+        // One CPU generator for the initial noise and, with an ancestral scheduler, every step's noise (as diffusers).
+        using var generator = new Generator((ulong)request.Seed, CPU);
         Tensor latents;
         if (request.InitialLatent is { } given)
         {
             CheckLatent(given, width, height, n);
             latents = given.to(ScalarType.Float32).expand(n, -1, -1, -1).contiguous();
         }
-        else latents = InitialNoise(request.Seed, controller is null ? n : 1, width, height).expand(n, -1, -1, -1);
+        else latents = InitialNoise(generator, controller is null ? n : 1, width, height).expand(n, -1, -1, -1);
         latents = latents * scheduler.InitNoiseSigma;
 
         var cond = EncodePrompts(request.Prompts);
@@ -218,12 +247,14 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
             uncond = nullText;
         }
         else uncond = EncodePrompts(Enumerable.Repeat(request.NegativePrompt, n).ToList());
+        var excite = request.Excite is { } settings
+            ? new AttendAndExcite(model, cond, settings, scheduler.Timesteps.Count, height / model.VaeScale, width / model.VaeScale) : null;
         Tensor final;
         using (model.UNet.Hooks.Use(controller))
-            final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, progress, cancel);
+            final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, progress, cancel, generator, excite);
         var images = Decode(final);
         var parameters = Parameters(request, schedulerName, width, height);
-        return new GenerationResult(final.cpu().MoveToOuterDisposeScope(), images, parameters);
+        return new GenerationResult(final.cpu().MoveToOuterDisposeScope(), images, parameters, excite?.Steps);
     }
 
     /// <summary>PNG text entries that reproduce a generation: a readable summary and a JSON record.</summary>
@@ -239,7 +270,13 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
             ["prompts"] = r.Prompts, ["negative_prompt"] = r.NegativePrompt, ["seed"] = r.InitialLatent is null ? r.Seed : null,
             ["steps"] = r.Steps, ["guidance_scale"] = r.GuidanceScale, ["scheduler"] = scheduler, ["width"] = width, ["height"] = height,
             ["model"] = model.Name, ["dtype"] = DType.ToString().ToLowerInvariant(), ["device"] = Device.ToString(),
+            ["attend_and_excite"] = r.Excite is { } e ? new Dictionary<string, object>
+            {
+                ["token_indices"] = e.TokenIndices, ["max_iter_to_alter"] = e.MaxIterToAlter, ["scale_factor"] = e.ScaleFactor,
+                ["thresholds"] = e.Thresholds.OrderBy(p => p.Key).ToDictionary(p => p.Key.ToString(inv), p => p.Value),
+            } : null,
         });
+        if (r.Excite is not null) summary += string.Format(inv, ", Attend-and-Excite tokens: {0}", string.Join(" ", r.Excite.TokenIndices));
         return new Dictionary<string, string> { ["parameters"] = summary, ["prompt-to-prompt"] = json };
     }
 }

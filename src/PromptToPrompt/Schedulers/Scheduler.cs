@@ -21,16 +21,26 @@ public interface IScheduler
     Tensor Step(Tensor modelOutput, int stepIndex, Tensor sample, Generator? generator = null);
 }
 
+/// <summary>A scheduler in sigma space (Euler, Euler ancestral): the noise level of each step, plus a trailing 0.</summary>
+public interface ISigmaScheduler : IScheduler
+{
+    IReadOnlyList<double> Sigmas { get; }
+}
+
 /// <summary>The scheduler names users choose from, and the factory.</summary>
 public static class Schedulers
 {
-    public static readonly string[] Names = ["pndm", "ddim", "euler", "dpmpp-2m"];
+    public static readonly string[] Names = ["pndm", "ddim", "euler", "euler-a", "dpmpp-2m"];
+
+    /// <summary>Schedulers that draw fresh noise at every step (so a run depends on the generator, not only on x_T).</summary>
+    public static bool IsAncestral(string name) => name.ToLowerInvariant() is "euler-a" or "euler_a" or "euler-ancestral";
 
     /// <summary>The scheduler the model's scheduler_config.json names (its _class_name), else PNDM.</summary>
     public static string DefaultFor(SchedulerConfig config) => config.ClassName switch
     {
         "DDIMScheduler" => "ddim",
         "EulerDiscreteScheduler" => "euler",
+        "EulerAncestralDiscreteScheduler" => "euler-a",
         "DPMSolverMultistepScheduler" => "dpmpp-2m",
         _ => "pndm",
     };
@@ -44,6 +54,7 @@ public static class Schedulers
             "pndm" or "plms" => new PndmScheduler(config, n),
             "ddim" => new DdimScheduler(config, n),
             "euler" => new EulerDiscreteScheduler(config, n),
+            "euler-a" or "euler_a" or "euler-ancestral" => new EulerAncestralDiscreteScheduler(config, n),
             "dpmpp-2m" or "dpm++2m" or "dpmsolver++" => new DpmSolverMultistepScheduler(config, n),
             _ => throw new UserError($"Unknown scheduler '{name}'. Choose one of: {string.Join(", ", Names)}."),
         };
@@ -58,15 +69,24 @@ public static class Schedulers
     }
 }
 
-/// <summary>The training noise schedule: betas and cumulative alpha products, in float32 exactly as diffusers computes them.</summary>
+/// <summary>
+/// The training noise schedule: betas and cumulative alpha products, in float32 exactly as diffusers computes them —
+/// with numpy as the Prompt-to-Prompt reference's diffusers 0.3.0 does, or with torch ops (<c>torch.linspace</c>,
+/// <c>torch.cumprod</c>, which differ in the last bits) as later versions do.
+/// </summary>
 public sealed class NoiseSchedule
 {
     public float[] AlphasCumprod { get; }
     public int NumTrainTimesteps => AlphasCumprod.Length;
 
-    public NoiseSchedule(SchedulerConfig c)
+    public NoiseSchedule(SchedulerConfig c, bool torchArithmetic = false)
     {
         int n = c.NumTrainTimesteps;
+        if (torchArithmetic)
+        {
+            AlphasCumprod = TorchAlphasCumprod(c);
+            return;
+        }
         float[] betas = c.TrainedBetas is { } trained
             ? trained.Select(b => (float)b).ToArray()
             : c.BetaSchedule switch
@@ -85,6 +105,28 @@ public sealed class NoiseSchedule
         for (int i = 0; i < n; i++) AlphasCumprod[i] = product *= 1f - betas[i];
     }
 
+    static float[] TorchAlphasCumprod(SchedulerConfig c)
+    {
+        using var scope = NewDisposeScope();
+        int n = c.NumTrainTimesteps;
+        var betas = c.TrainedBetas is { } trained ? tensor(trained.Select(b => (float)b).ToArray())
+            : c.BetaSchedule switch
+            {
+                "linear" => linspace(c.BetaStart, c.BetaEnd, n, ScalarType.Float32),
+                "scaled_linear" => linspace(Math.Sqrt(c.BetaStart), Math.Sqrt(c.BetaEnd), n, ScalarType.Float32).square(),
+                "squaredcos_cap_v2" => tensor(CosineBetas(n).Select(b => (float)b).ToArray()),
+                _ => throw new UserError($"beta_schedule '{c.BetaSchedule}' is not supported."),
+            };
+        if (betas.shape[0] != n)
+            throw new UserError($"trained_betas has {betas.shape[0]} values but num_train_timesteps is {n}. Fix the scheduler config.");
+        // PyTorch's CPU cumprod accumulates a float32 input in float64 and rounds each output.
+        var alphas = (1.0f - betas).data<float>().ToArray();
+        var result = new float[n];
+        double product = 1;
+        for (int i = 0; i < n; i++) result[i] = (float)(product *= alphas[i]);
+        return result;
+    }
+
     /// <summary>numpy.linspace(start, end, n, dtype=float32): computed in float64, rounded to float32, end exact.</summary>
     static float[] LinspaceFloat32(double start, double end, int n)
     {
@@ -101,8 +143,11 @@ public sealed class NoiseSchedule
             yield return Math.Min(1 - AlphaBar((i + 1.0) / n) / AlphaBar((double)i / n), 0.999);
     }
 
-    /// <summary>Sigma of the variance-exploding form, sqrt((1 - a) / a), per training timestep.</summary>
-    public double[] Sigmas() => AlphasCumprod.Select(a => Math.Sqrt((1 - (double)a) / a)).ToArray();
+    /// <summary>
+    /// Sigma of the variance-exploding form, sqrt((1 - a) / a), per training timestep, in float32 arithmetic as
+    /// diffusers computes it from its float32 table.
+    /// </summary>
+    public double[] Sigmas() => AlphasCumprod.Select(a => (double)MathF.Sqrt((1f - a) / a)).ToArray();
 
     /// <summary>
     /// Timesteps for <paramref name="steps"/> inference steps, ascending, with diffusers' spacing rules:

@@ -41,12 +41,18 @@ public sealed class ConformanceData : IDisposable
     readonly Lazy<StableDiffusionModel> _model = new(() => StableDiffusionModel.Load(ModelPath, ModelPlacement.Cpu));
     public StableDiffusionModel Model => _model.Value;
 
+    public static string Ip2pPath => Path.Combine(Require(), "tiny-ip2p");
+    readonly Lazy<StableDiffusionModel> _ip2p = new(() => StableDiffusionModel.Load(Ip2pPath, ModelPlacement.Cpu));
+    /// <summary>The tiny InstructPix2Pix model (README section 7.1).</summary>
+    public StableDiffusionModel Ip2pModel => _ip2p.Value;
+
     public static JsonElement Manifest(string relativeJson) =>
         JsonDocument.Parse(File.ReadAllText(Golden(relativeJson))).RootElement;
 
     public void Dispose()
     {
         if (_model.IsValueCreated) _model.Value.Dispose();
+        if (_ip2p.IsValueCreated) _ip2p.Value.Dispose();
     }
 }
 

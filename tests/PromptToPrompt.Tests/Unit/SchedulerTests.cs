@@ -20,16 +20,19 @@ public class SchedulerTests
     /// <summary>
     /// Given the exact noise (or v) that produced a sample from a known clean image x0, every deterministic sampler
     /// must walk back to x0: the model output is then constant along the DDIM/ODE trajectory, which each update
-    /// rule (including multistep combinations) integrates exactly.
+    /// rule (including multistep combinations) integrates exactly. The ancestral sampler's fresh noise moves the
+    /// trajectory, but the oracle predicts x0 exactly from wherever it is, and the last step (sigma_up = 0) lands on it.
     /// </summary>
     [Theory]
     [InlineData("pndm", "epsilon")]
     [InlineData("ddim", "epsilon")]
     [InlineData("euler", "epsilon")]
+    [InlineData("euler-a", "epsilon")]
     [InlineData("dpmpp-2m", "epsilon")]
     [InlineData("pndm", "v_prediction")]
     [InlineData("ddim", "v_prediction")]
     [InlineData("euler", "v_prediction")]
+    [InlineData("euler-a", "v_prediction")]
     [InlineData("dpmpp-2m", "v_prediction")]
     public void Oracle_model_output_recovers_the_clean_sample(string name, string prediction)
     {
@@ -41,6 +44,7 @@ public class SchedulerTests
         var x0 = randn([1, 4, 8, 8], generator: generator).clamp(-2, 2);
         var eps = randn([1, 4, 8, 8], generator: generator);
         var x = eps * scheduler.InitNoiseSigma;
+        using var stepNoise = new Generator(8);
         for (int i = 0; i < scheduler.Timesteps.Count; i++)
         {
             double t = scheduler.Timesteps[i];
@@ -51,7 +55,7 @@ public class SchedulerTests
             // The input is sqrt(a) x0 + sqrt(1-a) e for the DDPM-form schedulers; recover e from it.
             var e = (input - Math.Sqrt(a) * x0) / Math.Sqrt(1 - a);
             var output = prediction == "epsilon" ? e : Math.Sqrt(a) * e - Math.Sqrt(1 - a) * x0;
-            x = scheduler.Step(output, i, x);
+            x = scheduler.Step(output, i, x, stepNoise);
         }
         double err = (x - x0).abs().max().item<float>();
         // PLMS combines raw model outputs of different timesteps; v (unlike epsilon) changes along the trajectory, so
@@ -63,7 +67,7 @@ public class SchedulerTests
     [Fact]
     public void Unknown_scheduler_and_bad_step_counts_are_user_errors()
     {
-        Assert.Contains("pndm, ddim, euler, dpmpp-2m", Assert.Throws<UserError>(() => Schedulers.Schedulers.Create("lms", Sd(), 10)).Message);
+        Assert.Contains("pndm, ddim, euler, euler-a, dpmpp-2m", Assert.Throws<UserError>(() => Schedulers.Schedulers.Create("lms", Sd(), 10)).Message);
         Assert.Contains("steps must be between 1 and 1000", Assert.Throws<UserError>(() => Schedulers.Schedulers.Create("ddim", Sd(), 0)).Message);
         // Leading spacing with steps_offset 1: 1000 steps would start at timestep 1000, past the last trained one (999).
         Assert.Contains("ddim with this model's timestep spacing takes at most 999 steps; got 1000",

@@ -106,6 +106,42 @@ public class SingleFileCheckpointTests(ConformanceData data)
     }
 
     [Fact]
+    public void An_instruct_pix2pix_checkpoint_is_recognised_by_its_8_channel_conv_in_and_an_inpainting_one_refused()
+    {
+        var shapes = Sd15Shapes(sd2: false);
+        shapes["model.diffusion_model.input_blocks.0.0.weight"] = [320, 8, 3, 3];
+        var c = SingleFileCheckpoint.Infer(k => shapes[k], shapes.Keys, sd2: false);
+        Assert.Equal(8, c.UNet.InChannels);
+        Assert.Equal("euler-a", Schedulers.Schedulers.DefaultFor(c.Scheduler));
+
+        shapes["model.diffusion_model.input_blocks.0.0.weight"] = [320, 9, 3, 3];
+        var e = Assert.Throws<UserError>(() => SingleFileCheckpoint.Infer(k => shapes[k], shapes.Keys, sd2: false));
+        Assert.Equal("The checkpoint: the UNet takes 9 input channels (an inpainting or depth model?); supported are text-to-image models (4) and InstructPix2Pix models (8).", e.Message);
+    }
+
+    [Fact]
+    public void The_tiny_instruct_pix2pix_model_in_original_layout_loads_to_the_same_network()
+    {
+        using var folder = StableDiffusionModel.Load(ConformanceData.Ip2pPath, ModelPlacement.Cpu);
+        using var dir = new TempDir();
+        var path = dir.File("tiny-ip2p.safetensors");
+        var tensors = new Dictionary<string, Tensor>();
+        foreach (var module in new TorchSharp.torch.nn.Module[] { folder.UNet, folder.Vae, folder.TextEncoder })
+            foreach (var (name, p) in module.named_parameters())
+            {
+                var (k, v) = ToOriginal(name, p.detach(), upBlockHasAttention: true);
+                tensors[k] = v;
+            }
+        SafetensorsFile.Write(path, tensors);
+        using var loaded = StableDiffusionModel.Load(path, ModelPlacement.Cpu, null, new SingleFileOptions(ConfigFolder: ConformanceData.Ip2pPath));
+        Assert.True(loaded.IsInstructPix2Pix);
+        var expected = folder.UNet.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var (name, p) in loaded.UNet.named_parameters())
+            Assert.True(expected[name].equal(p).all().item<bool>(), $"{name} differs after the single-file round trip");
+        Assert.Equal(folder.Fingerprint, loaded.Fingerprint);
+    }
+
+    [Fact]
     public void Sd21_configs_are_inferred_from_shapes()
     {
         var shapes = Sd15Shapes(sd2: true);
