@@ -17,12 +17,13 @@ static class GenerateCommand
         var modelOptions = CliSupport.ModelOptions.Create();
         var overwrite = CliSupport.Overwrite();
         var output = new Option<string>("--out", "-o") { Description = "Output PNG (with several prompts: NAME_0.png, NAME_1.png, ...).", Required = true };
+        var excite = ExciteOptions.Create();
 
         var command = new Command("generate", "Generate images from text.")
         {
             model, prompt, saveLatents, overwrite, output,
         };
-        foreach (var o in sampling.All.Concat(modelOptions.All)) command.Options.Add(o);
+        foreach (var o in sampling.All.Concat(modelOptions.All).Concat(excite.All)) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             var prompts = r.GetValue(prompt)!;
@@ -34,7 +35,9 @@ static class GenerateCommand
             using var _ = initial;
             using var sd = modelOptions.Load(r, r.GetValue(model));
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
-            var result = pipeline.Generate(sampling.Request(r, prompts, initial, seedValue), new ConsoleProgress("denoising"), null, CliSupport.Cancellation);
+            var request = sampling.Request(r, prompts, initial, seedValue) with { Excite = excite.Settings(r, sd, prompts) };
+            var result = pipeline.Generate(request, new ConsoleProgress("denoising"), null, CliSupport.Cancellation);
+            if (result.Excite is { } steps) Console.Error.WriteLine(ExciteOptions.Summary(steps));
             using (result.Latents)
             {
                 for (int i = 0; i < prompts.Length; i++)
@@ -62,5 +65,55 @@ static class GenerateCommand
         if (count == 1) return [path];
         var stem = path[..^4];
         return Enumerable.Range(0, count).Select(i => $"{stem}_{i}.png").ToArray();
+    }
+}
+
+/// <summary>The Attend-and-Excite options (<c>--excite WORDS</c> and its settings), shared by the commands that generate.</summary>
+sealed record ExciteOptions(Option<string?> Words, Option<int> Steps, Option<double> Scale, Option<string?> Thresholds)
+{
+    public static ExciteOptions Create() => new(
+        new Option<string?>("--excite") { Description = "Attend-and-Excite: the subject words that must appear, comma-separated (e.g. cat,frog)." },
+        new Option<int>("--excite-steps") { Description = "Update the latent during the first N steps (the reference's max_iter_to_alter).", DefaultValueFactory = _ => 25 },
+        new Option<double>("--excite-scale") { Description = "Step size factor (the reference's scale_factor).", DefaultValueFactory = _ => 20 },
+        new Option<string?>("--excite-thresholds") { Description = "Iterative refinement as step:value pairs (default 0:0.05,10:0.5,20:0.8)." });
+
+    public IEnumerable<Option> All => [Words, Steps, Scale, Thresholds];
+
+    public ExciteSettings? Settings(ParseResult r, StableDiffusionModel model, IReadOnlyList<string> prompts)
+    {
+        if (r.GetValue(Words) is not { } words) return null;
+        if (prompts.Count != 1) throw new UserError("--excite guides one prompt at a time: give a single --prompt.");
+        var subjects = words.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        var settings = new ExciteSettings
+        {
+            TokenIndices = AttendAndExcite.SubjectTokens(model.Tokenizer, prompts[0], subjects),
+            MaxIterToAlter = r.GetValue(Steps), ScaleFactor = r.GetValue(Scale),
+        };
+        if (r.GetValue(Thresholds) is { } text) settings = settings with { Thresholds = ParseThresholds(text) };
+        settings.Validate();
+        return settings;
+    }
+
+    static Dictionary<int, double> ParseThresholds(string text)
+    {
+        var result = new Dictionary<int, double>();
+        foreach (var pair in text.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries))
+        {
+            var parts = pair.Split(':');
+            if (parts.Length != 2 || !int.TryParse(parts[0], out var step) ||
+                !double.TryParse(parts[1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var value))
+                throw new UserError($"--excite-thresholds {text}: '{pair}' is not step:value. Write e.g. 0:0.05,10:0.5,20:0.8.");
+            result[step] = value;
+        }
+        return result;
+    }
+
+    /// <summary>One line: steps updated, where refinement ran, and the last step's peak attention per subject.</summary>
+    public static string Summary(IReadOnlyList<ExciteStep> steps)
+    {
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        var refined = steps.Where(s => s.RefinedLoss is not null).Select(s => $"{s.Step} ({s.Refinement.Count})").ToList();
+        return string.Format(inv, "attend-and-excite: latent updated at {0} step(s); refinement at step(s) {1}; loss {2:0.###} at step 0, {3:0.###} at step {4}",
+            steps.Count(s => s.Updated), refined.Count > 0 ? string.Join(", ", refined) : "none", steps[0].InitialLoss, steps[^1].InitialLoss, steps[^1].Step);
     }
 }

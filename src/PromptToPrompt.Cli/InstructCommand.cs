@@ -43,13 +43,7 @@ static class InstructCommand
             var latentsPath = r.GetValue(saveLatents);
             if (grid && latentsPath is not null) throw new UserError("--save-latents writes one edit's latents; give single --guidance and --image-guidance values with it.");
             foreach (var p in new[] { outPath, latentsPath }.OfType<string>()) AtomicFile.EnsureWritable(p, r.GetValue(overwrite));
-            FitMode? fitMode = r.GetValue(fit) switch
-            {
-                null => null,
-                "crop" => FitMode.Crop,
-                "pad" => FitMode.Pad,
-                var f => throw new UserError($"Unknown --fit '{f}'. Use crop or pad."),
-            };
+            var fitMode = InvertCommand.PhotoOptions.ParseFitOrNull(r.GetValue(fit));
             var photo = ImageInput.LoadUpright(r.GetValue(image)!);
             var request = new InstructRequest
             {

@@ -28,9 +28,13 @@ static class InvertCommand
             var m => throw new UserError($"Unknown inversion method '{m}'. Use null-text, negative-prompt, direct or ddim."),
         };
 
-        public FitMode ParseFit(ParseResult r) => r.GetValue(Fit) switch
+        public FitMode ParseFit(ParseResult r) => ParseFitOrNull(r.GetValue(Fit)) ?? FitMode.Crop;
+
+        /// <summary>crop, pad, or null when not given.</summary>
+        public static FitMode? ParseFitOrNull(string? fit) => fit switch
         {
-            null or "crop" => FitMode.Crop,
+            null => null,
+            "crop" => FitMode.Crop,
             "pad" => FitMode.Pad,
             var f => throw new UserError($"Unknown --fit '{f}'. Use crop or pad."),
         };

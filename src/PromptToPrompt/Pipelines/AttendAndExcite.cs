@@ -1,5 +1,6 @@
 using PromptToPrompt.Loading;
 using PromptToPrompt.Models;
+using PromptToPrompt.Text;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -81,6 +82,17 @@ public sealed class AttendAndExcite : ILatentGuidance
         _scales = Enumerable.Range(0, evaluations).Select(i => i == evaluations - 1 && i > 0 ? settings.ScaleEnd : settings.ScaleStart + i * delta).ToArray();
         _kernel = GaussianKernel(settings.KernelSize, settings.Sigma).to(model.Placement.Device).DetachFromDisposeScope();
         _capture = new Capture(Resolution);
+    }
+
+    /// <summary>
+    /// Token positions of the subject <paramref name="words"/> in <paramref name="prompt"/>: every token of every occurrence
+    /// (a word split into several tokens has each excited). A word not in the prompt is a user error listing its words.
+    /// </summary>
+    public static int[] SubjectTokens(ClipTokenizer tokenizer, string prompt, IEnumerable<string> words)
+    {
+        var positions = words.SelectMany(w => PromptWords.RequireTokenPositions(tokenizer, prompt, w)).Distinct().Order().ToArray();
+        if (positions.Length == 0) throw new UserError("Attend-and-Excite needs at least one subject word, e.g. --excite cat,frog.");
+        return positions;
     }
 
     /// <summary>

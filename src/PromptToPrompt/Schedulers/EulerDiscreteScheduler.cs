@@ -46,15 +46,17 @@ public sealed class EulerDiscreteScheduler : ISigmaScheduler
 
     public Tensor ScaleModelInput(Tensor sample, int stepIndex) => sample / Math.Sqrt(_sigmas[stepIndex] * _sigmas[stepIndex] + 1);
 
+    /// <summary>x0 = x - sigma e (epsilon) or the v-prediction form.</summary>
+    internal static Tensor PredictOriginal(SchedulerConfig config, double sigma, Tensor output, Tensor x) => config.PredictionType == "v_prediction"
+        ? output * (-sigma / Math.Sqrt(sigma * sigma + 1)) + x / (sigma * sigma + 1)
+        : x - sigma * output;
+
     public Tensor Step(Tensor modelOutput, int stepIndex, Tensor sample, Generator? generator = null)
     {
         using var scope = NewDisposeScope();
         double sigma = _sigmas[stepIndex];
         var x = sample.to(ScalarType.Float32);
-        var output = modelOutput.to(ScalarType.Float32);
-        var x0 = _config.PredictionType == "v_prediction"
-            ? output * (-sigma / Math.Sqrt(sigma * sigma + 1)) + x / (sigma * sigma + 1)
-            : x - sigma * output;
+        var x0 = PredictOriginal(_config, sigma, modelOutput.to(ScalarType.Float32), x);
         var derivative = (x - x0) / sigma;
         var prev = x + derivative * (_sigmas[stepIndex + 1] - sigma);
         return prev.to(modelOutput.dtype).MoveToOuterDisposeScope();
@@ -88,13 +90,8 @@ public sealed class EulerAncestralDiscreteScheduler : ISigmaScheduler
     public Tensor ScaleModelInput(Tensor sample, int stepIndex) => sample / Math.Sqrt(_sigmas[stepIndex] * _sigmas[stepIndex] + 1);
 
     /// <summary>x0 = x - sigma e (epsilon) or the v-prediction form.</summary>
-    public Tensor PredictOriginal(Tensor modelOutput, int stepIndex, Tensor sample)
-    {
-        double sigma = _sigmas[stepIndex];
-        return _config.PredictionType == "v_prediction"
-            ? modelOutput * (-sigma / Math.Sqrt(sigma * sigma + 1)) + sample / (sigma * sigma + 1)
-            : sample - sigma * modelOutput;
-    }
+    public Tensor PredictOriginal(Tensor modelOutput, int stepIndex, Tensor sample) =>
+        EulerDiscreteScheduler.PredictOriginal(_config, _sigmas[stepIndex], modelOutput, sample);
 
     public Tensor Step(Tensor modelOutput, int stepIndex, Tensor sample, Generator? generator = null)
     {

@@ -272,3 +272,35 @@ public class InversionCliTests
         Assert.Equal(3 * 192 + 4 * 8, RgbImage.Load(Path.Combine(dir.File("edit"), "grid.png")).Width);
     }
 }
+
+/// <summary><c>p2p generate --excite</c>: the guided run's record in the PNG and its summary line, and its bad input.</summary>
+public class ExciteCliTests
+{
+    [Fact]
+    public void Generate_with_excite_records_it_and_names_bad_input()
+    {
+        using var dir = new TempDir();
+        var (code, _, stderr) = CliTests.RunP2P("generate", "--model", ConformanceData.ModelPath, "--prompt", "a cat and a frog", "--excite", "cat,frog",
+            "--excite-steps", "2", "--excite-thresholds", "0:0.9", "--seed", "5", "--steps", "3", "--width", "128", "--height", "128", "--out", dir.File("ae.png"));
+        Assert.True(code == 0, stderr);
+        Assert.Matches(@"attend-and-excite: latent updated at \d step\(s\); refinement at step\(s\) (none|0 \(\d+\))", stderr);
+        var text = Png.ReadText(dir.File("ae.png"));
+        Assert.Contains("Attend-and-Excite tokens: 2 5", text["parameters"]);
+        Assert.Contains("\"attend_and_excite\":{\"token_indices\":[2,5],\"max_iter_to_alter\":2", text["prompt-to-prompt"]);
+
+        string[] Run(params string[] extra) => ["generate", "--model", ConformanceData.ModelPath, "--steps", "2", "--out", dir.File("x.png"), .. extra];
+        foreach (var (args, message) in new[]
+        {
+            (Run("--prompt", "a cat and a frog", "--excite", "dog"), "The word 'dog' is not in the prompt \"a cat and a frog\""),
+            (Run("--prompt", "a cat", "--excite", "cat", "--excite-thresholds", "5"), "--excite-thresholds 5: '5' is not step:value."),
+            (Run("--prompt", "a cat", "--excite", "cat", "--excite-thresholds", "0:1.5"), "values between 0 and 1"),
+            (Run("--prompt", "a cat", "--prompt", "a dog", "--excite", "cat"), "--excite guides one prompt at a time"),
+            (Run("--prompt", "a cat", "--excite", ","), "Attend-and-Excite needs at least one subject word"),
+        })
+        {
+            var (c, _, err) = CliTests.RunP2P(args);
+            Assert.True(c == 1, $"{string.Join(" ", args)}: exit {c}\n{err}");
+            Assert.Contains(message, err);
+        }
+    }
+}
