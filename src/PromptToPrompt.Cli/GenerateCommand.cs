@@ -69,15 +69,16 @@ static class GenerateCommand
 }
 
 /// <summary>The Attend-and-Excite options (<c>--excite WORDS</c> and its settings), shared by the commands that generate.</summary>
-sealed record ExciteOptions(Option<string?> Words, Option<int> Steps, Option<double> Scale, Option<string?> Thresholds)
+sealed record ExciteOptions(Option<string?> Words, Option<int> Steps, Option<double> Scale, Option<string?> Thresholds, Option<bool> NormalizeEot)
 {
     public static ExciteOptions Create() => new(
         new Option<string?>("--excite") { Description = "Attend-and-Excite: the subject words that must appear, comma-separated (e.g. cat,frog)." },
         new Option<int>("--excite-steps") { Description = "Update the latent during the first N steps (the reference's max_iter_to_alter).", DefaultValueFactory = _ => 25 },
         new Option<double>("--excite-scale") { Description = "Step size factor (the reference's scale_factor).", DefaultValueFactory = _ => 20 },
-        new Option<string?>("--excite-thresholds") { Description = "Iterative refinement as step:value pairs (default 0:0.05,10:0.5,20:0.8)." });
+        new Option<string?>("--excite-thresholds") { Description = "Iterative refinement as step:value pairs (default 0:0.05,10:0.5,20:0.8)." },
+        new Option<bool>("--excite-normalize-eot") { Description = "Softmax over the prompt's own tokens only (the reference's SD 2.1 setting)." });
 
-    public IEnumerable<Option> All => [Words, Steps, Scale, Thresholds];
+    public IEnumerable<Option> All => [Words, Steps, Scale, Thresholds, NormalizeEot];
 
     public ExciteSettings? Settings(ParseResult r, StableDiffusionModel model, IReadOnlyList<string> prompts)
     {
@@ -87,7 +88,7 @@ sealed record ExciteOptions(Option<string?> Words, Option<int> Steps, Option<dou
         var settings = new ExciteSettings
         {
             TokenIndices = AttendAndExcite.SubjectTokens(model.Tokenizer, prompts[0], subjects),
-            MaxIterToAlter = r.GetValue(Steps), ScaleFactor = r.GetValue(Scale),
+            MaxIterToAlter = r.GetValue(Steps), ScaleFactor = r.GetValue(Scale), NormalizeEot = r.GetValue(NormalizeEot),
         };
         if (r.GetValue(Thresholds) is { } text) settings = settings with { Thresholds = ParseThresholds(text) };
         settings.Validate();

@@ -26,6 +26,11 @@ public sealed record ExciteSettings
     /// <summary>Gaussian smoothing of each subject's map (the reference's sigma 0.5, 3x3).</summary>
     public double Sigma { get; init; } = 0.5;
     public int KernelSize { get; init; } = 3;
+    /// <summary>
+    /// The softmax over text tokens covers the prompt's own tokens only (end and padding tokens excluded): the reference's
+    /// <c>normalize_eot</c>, which it uses for SD 2.1. Off: positions 1..L-2, as for SD 1.x.
+    /// </summary>
+    public bool NormalizeEot { get; init; }
 
     public void Validate()
     {
@@ -67,7 +72,9 @@ public sealed class AttendAndExcite : ILatentGuidance
     public Tensor? FirstAggregate { get; private set; }
 
     /// <param name="cond">The prompt's embedding [1, L, D].</param>
-    public AttendAndExcite(StableDiffusionModel model, Tensor cond, ExciteSettings settings, int evaluations, int latentHeight, int latentWidth)
+    /// <param name="endToken">Position of the prompt's end token (needed with <see cref="ExciteSettings.NormalizeEot"/>).</param>
+    public AttendAndExcite(StableDiffusionModel model, Tensor cond, ExciteSettings settings, int evaluations, int latentHeight, int latentWidth,
+                           int? endToken = null)
     {
         settings.Validate();
         _model = model;
@@ -82,7 +89,12 @@ public sealed class AttendAndExcite : ILatentGuidance
         _scales = Enumerable.Range(0, evaluations).Select(i => i == evaluations - 1 && i > 0 ? settings.ScaleEnd : settings.ScaleStart + i * delta).ToArray();
         _kernel = GaussianKernel(settings.KernelSize, settings.Sigma).to(model.Placement.Device).DetachFromDisposeScope();
         _capture = new Capture(Resolution);
+        _textEnd = settings.NormalizeEot ? endToken ?? throw new ArgumentException("NormalizeEot needs the end token's position.", nameof(endToken)) : keys - 1;
+        if (settings.TokenIndices.Any(j => j >= _textEnd))
+            throw new UserError($"A subject token lies at or after the prompt's end token (position {_textEnd}).");
     }
+
+    readonly int _textEnd;
 
     /// <summary>
     /// Token positions of the subject <paramref name="words"/> in <paramref name="prompt"/>: every token of every occurrence
@@ -120,10 +132,10 @@ public sealed class AttendAndExcite : ILatentGuidance
         return tensor(k, [1, 1, size, size]);
     }
 
-    /// <summary>Each subject's peak: softmax(100 A[:, :, 1:-1]) per subject token, reflect-padded, smoothed, max. [subjects] tensor.</summary>
+    /// <summary>Each subject's peak: softmax(100 A[:, :, 1:end]) per subject token (end: the last position, or the end token), reflect-padded, smoothed, max. [subjects] tensor.</summary>
     public Tensor MaxAttention(Tensor aggregate)
     {
-        var text = (aggregate[.., .., 1..^1] * 100).softmax(-1);
+        var text = (aggregate[.., .., 1.._textEnd] * 100).softmax(-1);
         int pad = _settings.KernelSize / 2;
         var peaks = new List<Tensor>();
         foreach (var j in _settings.TokenIndices)

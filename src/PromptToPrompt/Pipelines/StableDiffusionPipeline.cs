@@ -248,7 +248,8 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         }
         else uncond = EncodePrompts(Enumerable.Repeat(request.NegativePrompt, n).ToList());
         var excite = request.Excite is { } settings
-            ? new AttendAndExcite(model, cond, settings, scheduler.Timesteps.Count, height / model.VaeScale, width / model.VaeScale) : null;
+            ? new AttendAndExcite(model, cond, settings, scheduler.Timesteps.Count, height / model.VaeScale, width / model.VaeScale,
+                                  model.Tokenizer.Tokenize(request.Prompts[0]).TokenCount - 1) : null;
         Tensor final;
         using (model.UNet.Hooks.Use(controller))
             final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, progress, cancel, generator, excite);
