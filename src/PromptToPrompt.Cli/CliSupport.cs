@@ -187,7 +187,7 @@ enum ProgressMode { Auto, Bar, Plain, None }
 /// A progress line on stderr: step, it/s, ETA. On a terminal (or <c>--progress bar</c>) a bar redrawn in place; in a
 /// log (stderr redirected, or <c>--progress plain</c>) one line each time another 5% of the steps is done.
 /// </summary>
-sealed class ConsoleProgress(string label) : IProgress<StepProgress>, IProgress<InversionProgress>
+sealed class ConsoleProgress(string label) : IProgress<StepProgress>, IProgress<InversionProgress>, IProgress<Datasets.DatasetProgress>
 {
     /// <summary>Set from the root command's <c>--progress</c> before a command runs.</summary>
     public static ProgressMode Mode { get; set; } = ProgressMode.Auto;
@@ -216,17 +216,21 @@ sealed class ConsoleProgress(string label) : IProgress<StepProgress>, IProgress<
             p.Step == p.Total && (p.InnerTotal == 0 || p.Inner == p.InnerTotal));
     }
 
+    public void Report(Datasets.DatasetProgress p) =>
+        Write(label, p.RecordsDone, p.RecordsTotal, $"sample {p.InRecord}/{p.SamplesPerRecord}  {p.PairsKept} pairs kept  ETA {p.Remaining:h\\:mm\\:ss}",
+            p.RecordsDone == p.RecordsTotal, "records");
+
     static int TerminalWidth()
     {
         try { return Math.Clamp(Console.BufferWidth - 1, 0, 110); }
         catch (IOException) { return 0; }
     }
 
-    void Write(string what, int step, int total, string detail, bool done)
+    void Write(string what, int step, int total, string detail, bool done, string unit = "step")
     {
         const int width = 24;
         int filled = total == 0 ? width : step * width / total;
-        var line = $"{what} [{new string('#', filled)}{new string('-', width - filled)}] step {step}/{total}  {detail}";
+        var line = $"{what} [{new string('#', filled)}{new string('-', width - filled)}] {unit} {step}/{total}  {detail}";
         switch (_mode)
         {
             case ProgressMode.Bar:

@@ -9,6 +9,7 @@ var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diff
     AttentionCommand.Create(),
     InvertCommand.Create(),
     InstructCommand.Create(),
+    DatasetCommand.Create(),
     ServeCommand.Create(),
     BenchmarkCommand.Create(),
     TrainShapesCommand.Create(),

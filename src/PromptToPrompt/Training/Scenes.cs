@@ -94,8 +94,29 @@ public sealed class Scenes(int size = 64)
                 for (int i = 0; i < mask.Length; i++) if (mask[i]) earlier.Mask[i] = false;
             result.Add(new SceneObject(shape, colour, sizeWord, mask));
         }
-        var caption = string.Join(" and ", result.Select(o => $"a {o.SizeWord} {o.Colour} {o.Shape}")) + $" on a {(striped ? "striped " : "")}{background} background";
-        return new Scene(new RgbImage(size, size, pixels), caption, background, result);
+        return new Scene(new RgbImage(size, size, pixels), Caption(result.Select(o => (o.Shape, o.Colour, o.SizeWord)), background, striped), background, result);
+    }
+
+    /// <summary>The grammar's caption: <c>a large red circle and a small blue star on a [striped ]white background</c>.</summary>
+    public static string Caption(IEnumerable<(string Shape, string Colour, string SizeWord)> objects, string background, bool striped) =>
+        string.Join(" and ", objects.Select(o => $"a {o.SizeWord} {o.Colour} {o.Shape}")) + $" on a {(striped ? "striped " : "")}{background} background";
+
+    static readonly System.Text.RegularExpressions.Regex CaptionPattern = new(
+        @"^(?<objects>a (small|large) \w+ \w+( and a (small|large) \w+ \w+)*) on a (?<striped>striped )?(?<background>\w+) background$");
+
+    /// <summary>The objects and background of a grammar caption, or null when the caption is not one (or names unknown words).</summary>
+    public static (List<(string Shape, string Colour, string SizeWord)> Objects, string Background, bool Striped)? ParseCaption(string caption)
+    {
+        var m = CaptionPattern.Match(caption.Trim());
+        if (!m.Success || !BackgroundColours.ContainsKey(m.Groups["background"].Value)) return null;
+        var objects = new List<(string, string, string)>();
+        foreach (var part in m.Groups["objects"].Value.Split(" and "))
+        {
+            var w = part.Split(' ');
+            if (!Colours.ContainsKey(w[2]) || !Shapes.Contains(w[3])) return null;
+            objects.Add((w[3], w[2], w[1]));
+        }
+        return (objects, m.Groups["background"].Value, m.Groups["striped"].Success);
     }
 
     /// <summary>A seed mixed from two numbers, the same in every process (unlike HashCode.Combine).</summary>

@@ -1,0 +1,135 @@
+using System.Diagnostics;
+using System.Text.Json;
+using PromptToPrompt.Datasets;
+using PromptToPrompt.Training;
+
+namespace PromptToPrompt.Tests.Unit;
+
+/// <summary>
+/// p2p dataset: triplets from the grammar, the JSONL reader's errors, sharding from the environment, and the job as a
+/// cluster runs it — three shards as concurrent processes, one killed mid-way and rerun, merged — equal byte for byte
+/// to a single-shard run.
+/// </summary>
+public class DatasetTests
+{
+    [Fact]
+    public void Grammar_triplets_are_stable_parse_and_cover_every_kind_of_edit()
+    {
+        var lines = ShapeTriplets.Generate(200, 4).ToList();
+        Assert.Equal(lines, ShapeTriplets.Generate(200, 4).ToList());
+        Assert.NotEqual(lines, ShapeTriplets.Generate(200, 5).ToList());
+        foreach (var line in lines)
+        {
+            var t = TripletFile.Parse(line);
+            Assert.NotNull(Scenes.ParseCaption(t.Input));
+            Assert.NotNull(Scenes.ParseCaption(t.Output));
+            Assert.NotEqual(t.Input, t.Output);
+        }
+        var edits = lines.Select(l => TripletFile.Parse(l).Edit).ToList();
+        foreach (var start in new[] { "make the", "turn the", "put it on a", "add stripes", "remove the stripes", "add a", "remove the " })
+            Assert.Contains(edits, e => e.StartsWith(start));
+        Assert.Contains(edits, e => e.EndsWith("bigger"));
+        Assert.Contains(lines.Select(TripletFile.Parse), t => t.Edit == "make the circle blue" || t.Edit.StartsWith("make the") && Scenes.Colours.Keys.Any(c => t.Edit.EndsWith(" " + c)));
+    }
+
+    [Fact]
+    public void Malformed_lines_are_named_by_line_number_and_can_be_skipped()
+    {
+        using var dir = new TempDir();
+        var path = dir.File("t.jsonl");
+        File.WriteAllText(path, "{\"caption\": \"a red circle on a white background\", \"edit\": \"make it blue\", \"output\": \"a blue circle on a white background\"}\n\n" +
+                                "{\"input\": \"x\", \"edit\": \"y\"}\nnot json\n{\"input\": \"a\", \"edit\": \"b\", \"output\": \"c\"}\n");
+        var e = Assert.Throws<UserError>(() => TripletFile.Read(path));
+        Assert.Equal($"{path}:3: the record has no text field 'output'. Fix the line, or pass --skip-bad-lines to leave such lines out.", e.Message);
+        var warnings = new List<string>();
+        var records = TripletFile.Read(path, skipBadLines: true, warnings.Add);
+        Assert.Equal([0, 3], records.Select(r => r.Index));
+        Assert.Equal("a red circle on a white background", records[0].Triplet.Input);
+        Assert.Equal(2, warnings.Count);
+        Assert.Contains($"{path}:4: not valid JSON", warnings[1]);
+    }
+
+    [Fact]
+    public void The_shard_comes_from_the_options_or_from_slurm_or_kubernetes()
+    {
+        Assert.Equal(new Shard(0, 1), Shard.Resolve(null, null, _ => null));
+        Assert.Equal(new Shard(2, 5), Shard.Resolve(2, 5, _ => null));
+        var slurm = new Dictionary<string, string> { ["SLURM_ARRAY_TASK_ID"] = "4", ["SLURM_ARRAY_TASK_MIN"] = "1", ["SLURM_ARRAY_TASK_COUNT"] = "4" };
+        Assert.Equal(new Shard(3, 4), Shard.Resolve(null, null, k => slurm.GetValueOrDefault(k)));
+        var k8s = new Dictionary<string, string> { ["JOB_COMPLETION_INDEX"] = "1", ["P2P_SHARD_COUNT"] = "3" };
+        Assert.Equal(new Shard(1, 3), Shard.Resolve(null, null, k => k8s.GetValueOrDefault(k)));
+        Assert.Contains("set P2P_SHARD_COUNT", Assert.Throws<UserError>(() => Shard.Resolve(null, null, k => k == "JOB_COMPLETION_INDEX" ? "0" : null)).Message);
+        Assert.Contains("Shard 3 of 3 does not exist", Assert.Throws<UserError>(() => Shard.Resolve(3, 3, _ => null)).Message);
+    }
+
+    static string[] Generate(string prompts, string output, params string[] extra) =>
+        ["dataset", "generate", "--model", ShippedModelTests.Folder, "--prompts", prompts, "--out", output, "--samples-per-prompt", "2", "--keep", "1",
+         "--steps", "8", "--seed", "11", .. extra];
+
+    static Dictionary<string, byte[]> Files(string dir) => Directory.GetFiles(dir, "*", SearchOption.AllDirectories)
+        .Where(f => !Path.GetFileName(f).StartsWith('.'))
+        .ToDictionary(f => Path.GetRelativePath(dir, f), File.ReadAllBytes);
+
+    [Fact]
+    public void Three_concurrent_shards_one_killed_and_rerun_equal_a_single_shard_run()
+    {
+        using var dir = new TempDir();
+        var prompts = dir.File("t.jsonl");
+        var lines = ShapeTriplets.Generate(8, 2).ToList();
+        lines[5] = TripletFile.ToJson("a red circle on a white background", "do nothing", "a red circle on a white background"); // no edit: a failed record
+        File.WriteAllText(prompts, string.Join("\n", lines) + "\n");
+
+        var single = dir.File("single");
+        var (code, _, err) = CliTests.RunP2P(Generate(prompts, single));
+        Assert.True(code == 0, err);
+        Assert.Contains("record 5: skipped (the input and output captions are the same", err);
+        Assert.Contains("records 8/8", err);
+
+        var sharded = dir.File("sharded");
+        var psi = (int k) =>
+        {
+            var p = new ProcessStartInfo("dotnet") { RedirectStandardError = true, RedirectStandardOutput = true };
+            p.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "p2p.dll"));
+            foreach (var a in Generate(prompts, sharded, "--shard-index", k.ToString(), "--shard-count", "3")) p.ArgumentList.Add(a);
+            return p;
+        };
+        var workers = Enumerable.Range(0, 3).Select(k => Process.Start(psi(k))!).ToArray();
+        foreach (var w in workers) { w.ErrorDataReceived += (_, _) => { }; w.BeginErrorReadLine(); w.BeginOutputReadLine(); }
+        // Shard 1 owns records 1, 4, 7: kill it once its first record is committed.
+        var clock = Stopwatch.StartNew();
+        while (!Directory.Exists(Path.Combine(sharded, "0000001")) && clock.Elapsed < TimeSpan.FromMinutes(3)) Thread.Sleep(20);
+        workers[1].Kill(entireProcessTree: true);
+        foreach (var w in workers) w.WaitForExit();
+        Assert.Equal(0, workers[0].ExitCode);
+        Assert.Equal(0, workers[2].ExitCode);
+        var (statusCode, status, _) = CliTests.RunP2P("dataset", "status", sharded);
+        Assert.Equal(0, statusCode);
+        Assert.Matches(@"missing: (4|7|4, 7)", status); // what the killed worker had not committed yet
+
+        (code, _, err) = CliTests.RunP2P(Generate(prompts, sharded, "--shard-index", "1", "--shard-count", "3"));
+        Assert.True(code == 0, err);
+        Assert.Matches("resuming: [12] of this shard's 3 records are already done", err);
+        foreach (var d in new[] { single, sharded })
+        {
+            var (c, _, e) = CliTests.RunP2P("dataset", "merge", "--out", d);
+            Assert.True(c == 0, e);
+            Assert.Contains("8 of 8 records done (7 with", e);
+            Assert.Contains("1 failed), 0 missing", e);
+        }
+        var a = Files(single);
+        var b = Files(sharded);
+        Assert.Equal(a.Keys.Order(), b.Keys.Order());
+        foreach (var (name, bytes) in a) Assert.True(bytes.SequenceEqual(b[name]), $"{name} differs between the single-shard and the sharded run");
+        Assert.Contains("0000000/prompt.json", a.Keys);
+        Assert.Contains(a.Keys, k => k.StartsWith("0000003/") && k.EndsWith("_1.jpg"));
+        var seeds = JsonDocument.Parse(a["seeds.json"]).RootElement;
+        Assert.Equal("0000000", seeds[0][0].GetString());
+        var report = JsonDocument.Parse(a["report.json"]).RootElement;
+        Assert.Equal(5, report.GetProperty("failed")[0].GetProperty("index").GetInt32());
+
+        // The same folder with other settings is refused, naming what differs.
+        (code, _, err) = CliTests.RunP2P(Generate(prompts, sharded, "--schedule", "p2p"));
+        Assert.Equal(1, code);
+        Assert.Contains("holds a run with other settings (schedule: \"ip2p\" there, \"p2p\" now)", err);
+    }
+}
