@@ -1,6 +1,7 @@
 using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
 using PromptToPrompt.Loading;
 
 namespace PromptToPrompt.Datasets;
@@ -35,21 +36,85 @@ public static class DatasetIndex
         return new DatasetReport(records, committed, pairs, failed, missing);
     }
 
+    /// <summary>Pairs per Parquet shard.</summary>
+    public const int RowsPerShard = 1000;
+
+    /// <summary>A row of the published Hub dataset (timbrooks/instructpix2pix-clip-filtered); images as datasets' Image struct.</summary>
+    sealed class PairRow
+    {
+        [JsonPropertyName("original_prompt")] public string OriginalPrompt { get; set; } = "";
+        [JsonPropertyName("original_image")] public ImageCell OriginalImage { get; set; } = new();
+        [JsonPropertyName("edit_prompt")] public string EditPrompt { get; set; } = "";
+        [JsonPropertyName("edited_prompt")] public string EditedPrompt { get; set; } = "";
+        [JsonPropertyName("edited_image")] public ImageCell EditedImage { get; set; } = new();
+    }
+
+    sealed class ImageCell
+    {
+        [JsonPropertyName("bytes")] public byte[] Bytes { get; set; } = [];
+        [JsonPropertyName("path")] public string? Path { get; set; }
+    }
+
+    /// <summary>The features record datasets keeps in a Parquet file's "huggingface" metadata, so the image columns load as images.</summary>
+    const string Features = "{\"info\": {\"features\": {\"original_prompt\": {\"dtype\": \"string\", \"_type\": \"Value\"}, " +
+        "\"original_image\": {\"_type\": \"Image\"}, \"edit_prompt\": {\"dtype\": \"string\", \"_type\": \"Value\"}, " +
+        "\"edited_prompt\": {\"dtype\": \"string\", \"_type\": \"Value\"}, \"edited_image\": {\"_type\": \"Image\"}}}}";
+
+    /// <summary>
+    /// Writes data/train-KKKKK-of-NNNNN.parquet: one row per kept pair, in record and seed order, with the columns of the
+    /// published dataset (which datasets and diffusers' train_instruct_pix2pix.py load directly); removes shards of an
+    /// earlier merge that the new set does not have.
+    /// </summary>
+    static void WriteParquet(string dir)
+    {
+        var rows = new List<PairRow>();
+        foreach (var folder in RecordFolders(dir))
+        {
+            var prompt = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, folder, "prompt.json")))!;
+            string Text(params string[] keys) => keys.Select(k => prompt[k]?.GetValue<string>()).FirstOrDefault(v => v is not null) ?? "";
+            foreach (var seed in Seeds(dir, folder))
+                rows.Add(new PairRow
+                {
+                    OriginalPrompt = Text("input", "caption"), EditPrompt = Text("edit"), EditedPrompt = Text("output"),
+                    OriginalImage = new ImageCell { Bytes = File.ReadAllBytes(Path.Combine(dir, folder, $"{seed}_0.jpg")), Path = $"{folder}/{seed}_0.jpg" },
+                    EditedImage = new ImageCell { Bytes = File.ReadAllBytes(Path.Combine(dir, folder, $"{seed}_1.jpg")), Path = $"{folder}/{seed}_1.jpg" },
+                });
+        }
+        var data = Path.Combine(dir, "data");
+        Directory.CreateDirectory(data);
+        int shards = Math.Max(1, (rows.Count + RowsPerShard - 1) / RowsPerShard);
+        var names = Enumerable.Range(0, shards).Select(k => $"train-{k:D5}-of-{shards:D5}.parquet").ToList();
+        for (int k = 0; k < shards; k++)
+        {
+            var chunk = rows.Skip(k * RowsPerShard).Take(RowsPerShard).ToList();
+            AtomicFile.Write(Path.Combine(data, names[k]), s =>
+                Parquet.Serialization.ParquetSerializer.SerializeAsync(chunk, s, null, new Dictionary<string, string> { ["huggingface"] = Features }).GetAwaiter().GetResult());
+        }
+        foreach (var stale in Directory.GetFiles(data, "train-*.parquet").Where(f => !names.Contains(Path.GetFileName(f)))) File.Delete(stale);
+    }
+
+    static IEnumerable<string> RecordFolders(string dir) =>
+        Directory.GetDirectories(dir).Select(p => Path.GetFileName(p)!).Where(n => n.Length == 7 && n.All(char.IsAsciiDigit)).Order(StringComparer.Ordinal);
+
+    /// <summary>The seeds of a record's pairs, ordered as the authors' prepare_dataset.py lists them (sorted file names).</summary>
+    static List<string> Seeds(string dir, string folder) => Directory.GetFiles(Path.Combine(dir, folder), "*_0.jpg").Select(p => Path.GetFileName(p)!)
+        .Order(StringComparer.Ordinal).Select(f => f[..f.IndexOf('_')]).ToList();
+
     /// <summary>
     /// Writes seeds.json (<c>[[record folder, [seed, ...]], ...]</c>, folders and seeds sorted as the authors'
-    /// prepare_dataset.py lists them) and report.json (missing and failed records); returns the report.
+    /// prepare_dataset.py lists them), the Parquet shards and report.json (missing and failed records); returns the report.
     /// </summary>
     public static DatasetReport Merge(string dir)
     {
         var report = Status(dir);
         var entries = new List<string>();
-        foreach (var folder in Directory.GetDirectories(dir).Select(Path.GetFileName).Where(n => n!.Length == 7 && n.All(char.IsAsciiDigit)).Order(StringComparer.Ordinal))
+        foreach (var folder in RecordFolders(dir))
         {
-            var seeds = Directory.GetFiles(Path.Combine(dir, folder!), "*_0.jpg").Select(Path.GetFileName).Order(StringComparer.Ordinal)
-                .Select(f => f![..f!.IndexOf('_')]).ToList();
+            var seeds = Seeds(dir, folder);
             if (seeds.Count > 0) entries.Add($"[{JsonSerializer.Serialize(folder)}, [{string.Join(", ", seeds.Select(x => JsonSerializer.Serialize(x)))}]]");
         }
         AtomicFile.Write(Path.Combine(dir, "seeds.json"), s => s.Write(Encoding.UTF8.GetBytes($"[{string.Join(", ", entries)}]")));
+        WriteParquet(dir);
         var json = new JsonObject
         {
             ["records"] = report.Records, ["committed"] = report.Committed, ["pairs"] = report.Pairs,

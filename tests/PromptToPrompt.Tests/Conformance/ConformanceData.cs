@@ -78,6 +78,15 @@ public static class TensorAssert
         return diff;
     }
 
+    /// <summary>Asserts |expected - actual| &lt;= relative * |expected| element by element.</summary>
+    public static void RelativelyClose(float[] expected, IEnumerable<double> actual, double relative, string what)
+    {
+        var ours = actual.ToArray();
+        Assert.Equal(expected.Length, ours.Length);
+        for (int i = 0; i < expected.Length; i++)
+            Assert.True(Math.Abs(expected[i] - ours[i]) <= relative * Math.Abs(expected[i]), $"{what}[{i}]: {ours[i]:R} vs {expected[i]:R}");
+    }
+
     public static void Equal(Tensor expected, Tensor actual, string what)
     {
         Assert.Equal(expected.shape, actual.shape);

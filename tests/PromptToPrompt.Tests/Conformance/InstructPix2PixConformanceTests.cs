@@ -63,7 +63,7 @@ public class InstructPix2PixConformanceTests(ConformanceData data)
         using var c = Load(name);
         var scheduler = (ISigmaScheduler)Schedulers.Schedulers.Create(Schedulers.Schedulers.DefaultFor(data.Ip2pModel.Scheduler), data.Ip2pModel.Scheduler, c.Steps);
         Assert.Equal(c.Read("timesteps").data<double>().ToArray(), scheduler.Timesteps);
-        EulerAncestralConformanceTests.RelativelyClose(c.Read("sigmas").data<float>().ToArray(), scheduler.Sigmas, 5e-7, $"{name}: sigmas");
+        TensorAssert.RelativelyClose(c.Read("sigmas").data<float>().ToArray(), scheduler.Sigmas, 5e-7, $"{name}: sigmas");
         var noise = c.Read("latents_noise");
         using var generator = new TorchSharp.torch.Generator((ulong)c.Seed, CPU);
         TensorAssert.Equal(noise, randn(noise.shape, ScalarType.Float32, CPU, generator: generator), $"{name}: initial noise");

@@ -89,22 +89,14 @@ public class EulerAncestralConformanceTests
 {
     static SchedulerConfig Config() => SchedulerConfig.From(ConfigJson.Load(Path.Combine(ConformanceData.Ip2pPath, "scheduler", "scheduler_config.json")));
 
-    public static void RelativelyClose(float[] expected, IEnumerable<double> actual, double relative, string what)
-    {
-        var ours = actual.ToArray();
-        Assert.Equal(expected.Length, ours.Length);
-        for (int i = 0; i < expected.Length; i++)
-            Assert.True(Math.Abs(expected[i] - ours[i]) <= relative * Math.Abs(expected[i]), $"{what}[{i}]: {ours[i]:R} vs {expected[i]:R}");
-    }
-
     [Fact]
     public void The_model_config_selects_euler_ancestral_and_its_training_table_agrees()
     {
         Assert.Equal("euler-a", Schedulers.Schedulers.DefaultFor(Config()));
         using var golden = new SafetensorsFile(ConformanceData.Golden("scheduler_euler_ancestral.safetensors"));
         var schedule = new NoiseSchedule(Config(), torchArithmetic: true);
-        RelativelyClose(golden.Read("alphas_cumprod").data<float>().ToArray(), schedule.AlphasCumprod.Select(a => (double)a), 5e-7, "alphas_cumprod");
-        RelativelyClose(golden.Read("train_sigmas").data<float>().ToArray(), schedule.Sigmas().Reverse().Append(0), 5e-7, "training sigmas");
+        TensorAssert.RelativelyClose(golden.Read("alphas_cumprod").data<float>().ToArray(), schedule.AlphasCumprod.Select(a => (double)a), 5e-7, "alphas_cumprod");
+        TensorAssert.RelativelyClose(golden.Read("train_sigmas").data<float>().ToArray(), schedule.Sigmas().Reverse().Append(0), 5e-7, "training sigmas");
     }
 
     [Theory]
@@ -117,8 +109,8 @@ public class EulerAncestralConformanceTests
         string run = $"euler_a_{steps}";
         Assert.Equal(golden.Read($"{run}/timesteps").data<double>().ToArray(), scheduler.Timesteps);
         var sigmas = golden.Read($"{run}/sigmas").data<float>().ToArray();
-        RelativelyClose(sigmas, scheduler.Sigmas, 5e-7, "sigmas");
-        RelativelyClose(sigmas[..1], [scheduler.InitNoiseSigma], 5e-7, "init_noise_sigma");
+        TensorAssert.RelativelyClose(sigmas, scheduler.Sigmas, 5e-7, "sigmas");
+        TensorAssert.RelativelyClose(sigmas[..1], [scheduler.InitNoiseSigma], 5e-7, "init_noise_sigma");
 
         using var outputs = golden.Read($"{run}/model_outputs");
         using var scaled = golden.Read($"{run}/scaled_model_inputs");

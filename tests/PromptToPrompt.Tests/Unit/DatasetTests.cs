@@ -127,6 +127,22 @@ public class DatasetTests
         var report = JsonDocument.Parse(a["report.json"]).RootElement;
         Assert.Equal(5, report.GetProperty("failed")[0].GetProperty("index").GetInt32());
 
+        // The Parquet shard, read back with Apache Arrow's reader: one row per pair, the Hub dataset's columns.
+        using (var reader = new ParquetSharp.ParquetFileReader(Path.Combine(single, "data", "train-00000-of-00001.parquet")))
+        {
+            var columns = Enumerable.Range(0, reader.FileMetaData.Schema.NumColumns).Select(i => reader.FileMetaData.Schema.Column(i).Path.ToDotString()).ToArray();
+            Assert.Equal(["original_prompt", "original_image.bytes", "original_image.path", "edit_prompt", "edited_prompt", "edited_image.bytes", "edited_image.path"], columns);
+            Assert.Contains("\"original_image\": {\"_type\": \"Image\"}", reader.FileMetaData.KeyValueMetadata["huggingface"]);
+            int pairs = seeds.EnumerateArray().Sum(e => e[1].GetArrayLength());
+            Assert.Equal(pairs, (int)reader.FileMetaData.NumRows);
+            using var group = reader.RowGroup(0);
+            var originals = group.Column(0).LogicalReader<string>().ReadAll(pairs);
+            var images = group.Column(5).LogicalReader<byte[]>().ReadAll(pairs);
+            string folder = seeds[0][0].GetString()!, seed = seeds[0][1][0].GetString()!;
+            Assert.Equal(JsonDocument.Parse(a[$"{folder}/prompt.json"]).RootElement.GetProperty("input").GetString(), originals[0]);
+            Assert.Equal(a[$"{folder}/{seed}_1.jpg"], images[0]);
+        }
+
         // The same folder with other settings is refused, naming what differs.
         (code, _, err) = CliTests.RunP2P(Generate(prompts, sharded, "--schedule", "p2p"));
         Assert.Equal(1, code);
