@@ -9,7 +9,7 @@ static class DatasetCommand
 {
     public static Command Create() => new("dataset", "InstructPix2Pix training data: caption triplets -> Prompt-to-Prompt pairs -> filtered dataset.")
     {
-        Prompts(), Generate(), Merge(), Status(),
+        Prompts(), Generate(), Merge(), Status(), Preview(),
     };
 
     static Command Prompts()
@@ -49,10 +49,11 @@ static class DatasetCommand
         var shardIndex = new Option<int?>("--shard-index") { Description = "This worker's shard (default: from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)." };
         var shardCount = new Option<int?>("--shard-count") { Description = "Number of shards (default: SLURM_ARRAY_TASK_COUNT or P2P_SHARD_COUNT)." };
         var skipBad = new Option<bool>("--skip-bad-lines") { Description = "Leave malformed JSONL lines out (reported) instead of stopping." };
+        var saveRejected = new Option<bool>("--save-rejected") { Description = "Also write the pairs the filter rejected, under rejected/ (for inspecting the filter)." };
         var modelOptions = CliSupport.ModelOptions.Create();
         var command = new Command("generate", "Make Prompt-to-Prompt pairs for each triplet, filter them, keep the best (resumable, shardable).")
         {
-            model, prompts, output, samples, keep, steps, size, seed, schedule, selfRange, crossRange, guidanceRange, filter, scheduler, shardIndex, shardCount, skipBad,
+            model, prompts, output, samples, keep, steps, size, seed, schedule, selfRange, crossRange, guidanceRange, filter, scheduler, shardIndex, shardCount, skipBad, saveRejected,
         };
         foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
@@ -68,6 +69,7 @@ static class DatasetCommand
                 },
                 SelfRange = Range(r.GetValue(selfRange)!, "--self-range"), CrossRange = Range(r.GetValue(crossRange)!, "--cross-range"),
                 GuidanceRange = Range(r.GetValue(guidanceRange)!, "--guidance-range"), Filter = r.GetValue(filter)!, Scheduler = r.GetValue(scheduler),
+                SaveRejected = r.GetValue(saveRejected),
             };
             settings.Validate();
             var shard = Shard.Resolve(r.GetValue(shardIndex), r.GetValue(shardCount));
@@ -104,6 +106,23 @@ static class DatasetCommand
         command.SetAction(r => CliSupport.Run(() =>
         {
             Console.WriteLine(DatasetIndex.Status(r.GetValue(dir)!).Summary());
+            return 0;
+        }));
+        return command;
+    }
+
+    static Command Preview()
+    {
+        var dir = new Option<string>("--out", "-o") { Description = "The dataset folder.", Required = true };
+        var record = new Option<int>("--record") { Description = "Record index.", Required = true };
+        var image = new Option<string>("--image") { Description = "Output PNG: the record's kept (and saved rejected) pairs with the filter's measures.", Required = true };
+        var overwrite = CliSupport.Overwrite();
+        var command = new Command("preview", "Show a record's pairs, kept and rejected, with the filter's measures.") { dir, record, image, overwrite };
+        command.SetAction(r => CliSupport.Run(() =>
+        {
+            Loading.AtomicFile.EnsureWritable(r.GetValue(image)!, r.GetValue(overwrite));
+            Imaging.Png.Save(r.GetValue(image)!, DatasetIndex.Preview(r.GetValue(dir)!, r.GetValue(record)));
+            Console.WriteLine(r.GetValue(image));
             return 0;
         }));
         return command;

@@ -38,6 +38,8 @@ public sealed record DatasetSettings
     /// <summary>shapes or none.</summary>
     public string Filter { get; init; } = "shapes";
     public string? Scheduler { get; init; }
+    /// <summary>Also write the pairs the filter rejected, under rejected/{index:07d}/ (for inspecting the filter; not part of the dataset).</summary>
+    public bool SaveRejected { get; init; }
 
     public void Validate()
     {
@@ -183,22 +185,41 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
             return 0;
         }
         var best = results.Where(r => r.Score.Keep).OrderByDescending(r => r.Score.Score).ThenBy(r => r.Sample).Take(settings.Keep).ToList();
-        var tmp = Path.Combine(dir, $".tmp-{RecordName(index)}-{Environment.ProcessId}-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(tmp);
-        File.WriteAllText(Path.Combine(tmp, "prompt.json"), triplet.Json);
-        var lines = new StringBuilder();
-        foreach (var r in best)
+        string Temporary() => Path.Combine(dir, $".tmp-{RecordName(index)}-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        void Commit(string tmp, string target)
         {
-            File.WriteAllBytes(Path.Combine(tmp, $"{r.Seed}_0.jpg"), Jpeg.Encode(r.Source));
-            File.WriteAllBytes(Path.Combine(tmp, $"{r.Seed}_1.jpg"), Jpeg.Encode(r.Edit));
-            lines.Append(r.Metadata.ToJsonString()).Append('\n');
+            try { Directory.Move(tmp, target); }
+            catch (IOException) when (Directory.Exists(target))
+            {
+                Directory.Delete(tmp, true); // another worker committed the same record first: its output is the same
+            }
         }
-        File.WriteAllText(Path.Combine(tmp, "metadata.jsonl"), lines.ToString());
-        try { Directory.Move(tmp, Path.Combine(dir, RecordName(index))); }
-        catch (IOException) when (Directory.Exists(Path.Combine(dir, RecordName(index))))
+        void WritePairs(string folder, IEnumerable<(int Seed, int Sample, RgbImage Source, RgbImage Edit, JsonObject Metadata, PairScore Score)> pairs)
         {
-            Directory.Delete(tmp, true); // another worker committed the same record first: its output is the same
+            Directory.CreateDirectory(folder);
+            File.WriteAllText(Path.Combine(folder, "prompt.json"), triplet.Json);
+            var lines = new StringBuilder();
+            foreach (var r in pairs)
+            {
+                File.WriteAllBytes(Path.Combine(folder, $"{r.Seed}_0.jpg"), Jpeg.Encode(r.Source));
+                File.WriteAllBytes(Path.Combine(folder, $"{r.Seed}_1.jpg"), Jpeg.Encode(r.Edit));
+                lines.Append(r.Metadata.ToJsonString()).Append('\n');
+            }
+            File.WriteAllText(Path.Combine(folder, "metadata.jsonl"), lines.ToString());
         }
+        if (settings.SaveRejected)
+        {
+            var rejected = Path.Combine(dir, "rejected", RecordName(index));
+            if (Directory.Exists(rejected)) Directory.Delete(rejected, true); // from a run killed before its record was committed
+            var tmpRejected = Temporary();
+            WritePairs(tmpRejected, results.Where(r => !best.Contains(r)).OrderBy(r => r.Sample)
+                .Select(r => r with { Metadata = new JsonObject(r.Metadata.Select(p => KeyValuePair.Create(p.Key, p.Value?.DeepClone())).Append(KeyValuePair.Create("passed", (JsonNode?)r.Score.Keep))) }));
+            Directory.CreateDirectory(Path.Combine(dir, "rejected"));
+            Commit(tmpRejected, rejected);
+        }
+        var tmp = Temporary();
+        WritePairs(tmp, best);
+        Commit(tmp, Path.Combine(dir, RecordName(index)));
         return best.Count;
     }
 

@@ -36,6 +36,34 @@ public static class DatasetIndex
         return new DatasetReport(records, committed, pairs, failed, missing);
     }
 
+    /// <summary>
+    /// A record's pairs side by side (source, edit), the kept ones first and then, when the run saved them
+    /// (<c>--save-rejected</c>), the rejected ones, each captioned with the filter's measures.
+    /// </summary>
+    public static Imaging.RgbImage Preview(string dir, int index)
+    {
+        var images = new List<Imaging.RgbImage>();
+        var captions = new List<string>();
+        foreach (var (folder, verdict) in new[] { (Path.Combine(dir, DatasetGenerator.RecordName(index)), "kept"), (Path.Combine(dir, "rejected", DatasetGenerator.RecordName(index)), "rejected") })
+        {
+            var metadata = Path.Combine(folder, "metadata.jsonl");
+            if (!File.Exists(metadata)) continue;
+            foreach (var line in File.ReadAllLines(metadata).Where(l => l.Length > 0))
+            {
+                var m = JsonNode.Parse(line)!.AsObject();
+                var seed = m["seed"]!.ToJsonString();
+                var measures = string.Join(" ", m.Where(p => p.Key is "instructed" or "kept_iou" or "background_change").Select(p => $"{p.Key} {p.Value}"));
+                images.Add(Imaging.RgbImage.Load(Path.Combine(folder, $"{seed}_0.jpg")));
+                var label = verdict == "kept" ? "kept" : m["passed"]?.GetValue<bool>() == true ? "passed, not kept" : "rejected";
+                captions.Add($"{label} {seed}: source");
+                images.Add(Imaging.RgbImage.Load(Path.Combine(folder, $"{seed}_1.jpg")));
+                captions.Add($"edit {measures}");
+            }
+        }
+        if (images.Count == 0) throw new UserError($"Record {index} of {dir} has no pairs (not committed yet, or none kept and rejected ones not saved: --save-rejected).");
+        return Imaging.Grid.WithCaptions(images, captions, 2);
+    }
+
     /// <summary>Pairs per Parquet shard.</summary>
     public const int RowsPerShard = 1000;
 

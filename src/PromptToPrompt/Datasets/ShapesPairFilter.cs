@@ -24,7 +24,8 @@ public static class ShapesPairFilter
         var (objectsA, bgA, stripedA) = a.Value;
         var (objectsB, bgB, stripedB) = b.Value;
         double Area(bool[] m) => (double)m.Count(x => x) / m.Length;
-        bool[] Of(RgbImage image, string bg, string colour) => ShapesEvaluation.ObjectMask(image, bg, colour);
+        // Both images measured the same way, so that the masks of one object compare.
+        bool[] Of(RgbImage image, string bg, string colour) => ObjectMask(image, bg, stripedA || stripedB, colour);
 
         // Objects present in both captions unchanged: their masks must stay.
         var kept = objectsA.Where(objectsB.Contains).ToList();
@@ -55,6 +56,28 @@ public static class ShapesPairFilter
         {
             ["instructed"] = Math.Round(instructed, 4), ["kept_iou"] = Math.Round(keptIoU, 4), ["background_change"] = Math.Round(backgroundChange, 3),
         });
+    }
+
+    /// <summary>
+    /// The eval-shapes object mask (pixels past the half-contrast edge between the background and the object's colour).
+    /// On a striped background, whose stripes the model draws in varying greys, instead the pixels whose nearest
+    /// palette colour (the object colours, the background, its stripe shade and grey) is the object's.
+    /// </summary>
+    static bool[] ObjectMask(RgbImage image, string background, bool striped, string colour)
+    {
+        if (!striped) return ShapesEvaluation.ObjectMask(image, background, colour);
+        var (br, bg, bb) = Scenes.BackgroundColours[background];
+        var target = Scenes.Colours[colour];
+        List<(string Name, int R, int G, int B)> palette = [.. Scenes.Colours.Select(c => (c.Key, (int)c.Value.R, (int)c.Value.G, (int)c.Value.B)),
+            ("(background)", br, bg, bb), ("(stripes)", br * 3 / 4, bg * 3 / 4, bb * 3 / 4), ("(grey)", 128, 128, 128)];
+        palette.RemoveAll(p => p.Name != colour && (p.R, p.G, p.B) == (target.R, target.G, target.B));
+        var mask = new bool[image.Width * image.Height];
+        for (int i = 0; i < mask.Length; i++)
+        {
+            int r = image.Pixels[3 * i], g = image.Pixels[3 * i + 1], b = image.Pixels[3 * i + 2];
+            mask[i] = palette.MinBy(p => (r - p.R) * (r - p.R) + (g - p.G) * (g - p.G) + (b - p.B) * (b - p.B)).Name == colour;
+        }
+        return mask;
     }
 
     /// <summary>The fraction of pixels nearer to the stripes' shade (3/4 of the background colour) than to the background.</summary>

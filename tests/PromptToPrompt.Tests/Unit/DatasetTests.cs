@@ -64,7 +64,7 @@ public class DatasetTests
 
     static string[] Generate(string prompts, string output, params string[] extra) =>
         ["dataset", "generate", "--model", ShippedModelTests.Folder, "--prompts", prompts, "--out", output, "--samples-per-prompt", "2", "--keep", "1",
-         "--steps", "8", "--seed", "11", .. extra];
+         "--steps", "8", "--seed", "11", "--save-rejected", .. extra];
 
     static Dictionary<string, byte[]> Files(string dir) => Directory.GetFiles(dir, "*", SearchOption.AllDirectories)
         .Where(f => !Path.GetFileName(f).StartsWith('.'))
@@ -142,6 +142,12 @@ public class DatasetTests
             Assert.Equal(JsonDocument.Parse(a[$"{folder}/prompt.json"]).RootElement.GetProperty("input").GetString(), originals[0]);
             Assert.Equal(a[$"{folder}/{seed}_1.jpg"], images[0]);
         }
+
+        // Every sample of a record is either kept or saved as rejected; the preview shows them all.
+        Assert.Equal(2, a.Keys.Count(k => (k.StartsWith("0000003/") || k.StartsWith("rejected/0000003/")) && k.EndsWith("_0.jpg")));
+        var (previewCode, _, previewErr) = CliTests.RunP2P("dataset", "preview", "--out", single, "--record", "3", "--image", dir.File("preview.png"));
+        Assert.True(previewCode == 0, previewErr);
+        Assert.True(PromptToPrompt.Imaging.RgbImage.Load(dir.File("preview.png")).Height > 2 * 64);
 
         // The same folder with other settings is refused, naming what differs.
         (code, _, err) = CliTests.RunP2P(Generate(prompts, sharded, "--schedule", "p2p"));
