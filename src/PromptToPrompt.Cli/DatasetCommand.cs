@@ -44,7 +44,11 @@ static class DatasetCommand
         var selfRange = new Option<string>("--self-range") { Description = "MIN,MAX of the self-attention injection fraction.", DefaultValueFactory = _ => "0.1,0.9" };
         var crossRange = new Option<string>("--cross-range") { Description = "MIN,MAX of the cross-attention injection fraction (p2p schedule).", DefaultValueFactory = _ => "0.6,0.9" };
         var guidanceRange = new Option<string>("--guidance-range") { Description = "MIN,MAX of the guidance scale.", DefaultValueFactory = _ => "7.5,15" };
-        var filter = new Option<string>("--filter") { Description = "shapes (measured from the images; for the shipped model) or none.", DefaultValueFactory = _ => "shapes" };
+        var filter = new Option<string>("--filter") { Description = "shapes (measured from the images; for the shipped model), clip (the paper's, with --clip-model) or none.", DefaultValueFactory = _ => "shapes" };
+        var clipModel = new Option<string?>("--clip-model") { Description = "A Hugging Face CLIP folder (openai/clip-vit-large-patch14) for --filter clip." };
+        var clipCaption = new Option<double>("--clip-threshold") { Description = "Least image-caption similarity of each image.", DefaultValueFactory = _ => 0.2 };
+        var clipImage = new Option<double>("--clip-image-threshold") { Description = "Least image-image similarity.", DefaultValueFactory = _ => 0.7 };
+        var clipDirection = new Option<double>("--clip-direction-threshold") { Description = "Least directional similarity.", DefaultValueFactory = _ => 0.2 };
         var scheduler = CliSupport.Scheduler();
         var shardIndex = new Option<int?>("--shard-index") { Description = "This worker's shard (default: from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX)." };
         var shardCount = new Option<int?>("--shard-count") { Description = "Number of shards (default: SLURM_ARRAY_TASK_COUNT or P2P_SHARD_COUNT)." };
@@ -53,7 +57,7 @@ static class DatasetCommand
         var modelOptions = CliSupport.ModelOptions.Create();
         var command = new Command("generate", "Make Prompt-to-Prompt pairs for each triplet, filter them, keep the best (resumable, shardable).")
         {
-            model, prompts, output, samples, keep, steps, size, seed, schedule, selfRange, crossRange, guidanceRange, filter, scheduler, shardIndex, shardCount, skipBad, saveRejected,
+            model, prompts, output, samples, keep, steps, size, seed, schedule, selfRange, crossRange, guidanceRange, filter, scheduler, shardIndex, shardCount, skipBad, saveRejected, clipModel, clipCaption, clipImage, clipDirection,
         };
         foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
@@ -74,7 +78,9 @@ static class DatasetCommand
             settings.Validate();
             var shard = Shard.Resolve(r.GetValue(shardIndex), r.GetValue(shardCount));
             using var sd = modelOptions.Load(r, r.GetValue(model));
-            var generator = new DatasetGenerator(sd, settings, CliSupport.Warn);
+            using var clip = settings.Filter == "clip" && r.GetValue(clipModel) is { } clipPath ? Models.ClipModel.Load(clipPath, sd.Placement, CliSupport.Warn) : null;
+            var clipFilter = clip is null ? null : new ClipPairFilter(clip, new ClipThresholds(r.GetValue(clipCaption), r.GetValue(clipImage), r.GetValue(clipDirection)));
+            var generator = new DatasetGenerator(sd, settings, CliSupport.Warn, clipFilter);
             if (shard.Count > 1) Console.Error.WriteLine($"shard {shard.Index} of {shard.Count}");
             int kept = generator.Run(r.GetValue(prompts)!, r.GetValue(output)!, shard, r.GetValue(skipBad), new ConsoleProgress("dataset"), CliSupport.Cancellation);
             Console.Error.WriteLine($"{kept} pairs kept");

@@ -35,7 +35,7 @@ public sealed record DatasetSettings
     public (double Min, double Max) SelfRange { get; init; } = (0.1, 0.9);
     public (double Min, double Max) CrossRange { get; init; } = (0.6, 0.9);
     public (double Min, double Max) GuidanceRange { get; init; } = (7.5, 15);
-    /// <summary>shapes or none.</summary>
+    /// <summary>shapes, clip (with a <see cref="ClipPairFilter"/> given to the generator) or none.</summary>
     public string Filter { get; init; } = "shapes";
     public string? Scheduler { get; init; }
     /// <summary>Also write the pairs the filter rejected, under rejected/{index:07d}/ (for inspecting the filter; not part of the dataset).</summary>
@@ -46,7 +46,7 @@ public sealed record DatasetSettings
         if (SamplesPerPrompt < 1) throw new UserError($"--samples-per-prompt must be at least 1; got {SamplesPerPrompt}.");
         if (Keep < 1) throw new UserError($"--keep must be at least 1; got {Keep}.");
         if (Steps < 1) throw new UserError($"--steps must be at least 1; got {Steps}.");
-        if (Filter is not ("shapes" or "none")) throw new UserError($"Unknown --filter '{Filter}'. Use shapes or none.");
+        if (Filter is not ("shapes" or "clip" or "none")) throw new UserError($"Unknown --filter '{Filter}'. Use shapes, clip or none.");
         foreach (var (name, (lo, hi), max) in new[] { ("--self-range", SelfRange, 1.0), ("--cross-range", CrossRange, 1.0), ("--guidance-range", GuidanceRange, 100.0) })
             if (!(lo >= 0 && lo <= hi && hi <= max)) throw new UserError($"{name} {lo},{hi}: give MIN,MAX with 0 <= MIN <= MAX <= {max}.");
     }
@@ -97,7 +97,7 @@ public readonly record struct DatasetProgress(int RecordsDone, int RecordsTotal,
 /// authors' layout (<c>{index:07d}/prompt.json</c>, <c>{seed}_0.jpg</c>, <c>{seed}_1.jpg</c>, <c>metadata.jsonl</c>).
 /// A record is committed atomically (a temporary folder renamed into place); a rerun skips committed records.
 /// </summary>
-public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings settings, Action<string>? log = null)
+public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings settings, Action<string>? log = null, ClipPairFilter? clip = null)
 {
     public const string ManifestName = "dataset.json";
     public const int Format = 1;
@@ -116,6 +116,10 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
         ["cross_range"] = new JsonArray(settings.CrossRange.Min, settings.CrossRange.Max),
         ["guidance_range"] = new JsonArray(settings.GuidanceRange.Min, settings.GuidanceRange.Max),
         ["filter"] = settings.Filter, ["scheduler"] = settings.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler),
+        ["clip"] = clip is null ? null : new JsonObject
+        {
+            ["vision"] = JsonSerializer.SerializeToNode(clip.Model.VisionConfig), ["thresholds"] = JsonSerializer.SerializeToNode(clip.Thresholds),
+        },
     };
 
     /// <summary>Writes the run's dataset.json, or checks that the folder's earlier run had the same settings.</summary>
@@ -144,6 +148,7 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
     {
         settings.Validate();
         model.RequireTextToImage();
+        if (settings.Filter == "clip" && clip is null) throw new UserError("--filter clip needs --clip-model DIR (a Hugging Face CLIP folder such as openai/clip-vit-large-patch14).");
         var records = TripletFile.Read(promptsPath, skipBadLines, log);
         var hash = Convert.ToHexString(SHA256.HashData(File.ReadAllBytes(promptsPath))).ToLowerInvariant();
         CheckOrWriteManifest(dir, Manifest(hash, records.Count == 0 ? 0 : records[^1].Index + 1));
@@ -243,8 +248,12 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
             Prompt = triplet.Input, Seed = seed, Steps = settings.Steps, GuidanceScale = guidance, Scheduler = settings.Scheduler, Width = size, Height = size,
         }, log: log);
         using var result = session.Edit(new EditRequest([triplet.Output], edit), cancel: cancel);
-        var score = settings.Filter == "shapes" ? ShapesPairFilter.Score(triplet, result.Images[0], result.Images[1])
-            : new PairScore(true, 0, new Dictionary<string, double>());
+        var score = settings.Filter switch
+        {
+            "shapes" => ShapesPairFilter.Score(triplet, result.Images[0], result.Images[1]),
+            "clip" => clip!.Score(triplet, result.Images[0], result.Images[1]),
+            _ => new PairScore(true, 0, new Dictionary<string, double>()),
+        };
         var metadata = new JsonObject { ["seed"] = seed, ["p2p_threshold"] = Math.Round(self, 6), ["cfg_scale"] = Math.Round(guidance, 6) };
         if (settings.Schedule == PairSchedule.PromptToPrompt)
         {

@@ -10,9 +10,12 @@ public sealed class ClipAttention : nn.Module<Tensor, Tensor>
 {
     readonly Linear q_proj, k_proj, v_proj, out_proj;
     readonly int _heads;
+    readonly bool _causal;
 
-    public ClipAttention(int dim, int heads) : base("self_attn")
+    /// <param name="causal">Causal self-attention (the text tower) or full (the vision tower).</param>
+    public ClipAttention(int dim, int heads, bool causal = true) : base("self_attn")
     {
+        _causal = causal;
         q_proj = nn.Linear(dim, dim);
         k_proj = nn.Linear(dim, dim);
         v_proj = nn.Linear(dim, dim);
@@ -26,7 +29,7 @@ public sealed class ClipAttention : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         long b = x.shape[0], l = x.shape[1];
         Tensor Heads(Tensor t) => t.view(b, l, _heads, -1).transpose(1, 2);
-        var o = nn.functional.scaled_dot_product_attention(Heads(q_proj.forward(x)), Heads(k_proj.forward(x)), Heads(v_proj.forward(x)), is_casual: true);
+        var o = nn.functional.scaled_dot_product_attention(Heads(q_proj.forward(x)), Heads(k_proj.forward(x)), Heads(v_proj.forward(x)), is_casual: _causal);
         return out_proj.forward(o.transpose(1, 2).reshape(b, l, -1)).MoveToOuterDisposeScope();
     }
 }
@@ -59,9 +62,9 @@ public sealed class ClipEncoderLayer : nn.Module<Tensor, Tensor>
     readonly LayerNorm layer_norm1, layer_norm2;
     readonly ClipMlp mlp;
 
-    public ClipEncoderLayer(ClipTextConfig c) : base("layer")
+    public ClipEncoderLayer(ClipTextConfig c, bool causal = true) : base("layer")
     {
-        self_attn = new ClipAttention(c.HiddenSize, c.NumHeads);
+        self_attn = new ClipAttention(c.HiddenSize, c.NumHeads, causal);
         layer_norm1 = nn.LayerNorm(c.HiddenSize, c.LayerNormEps);
         mlp = new ClipMlp(c.HiddenSize, c.IntermediateSize, c.HiddenAct == "quick_gelu");
         layer_norm2 = nn.LayerNorm(c.HiddenSize, c.LayerNormEps);
@@ -123,9 +126,9 @@ public sealed class ClipEncoder : nn.Module<Tensor, Tensor>
 {
     readonly ModuleList<ClipEncoderLayer> layers;
 
-    public ClipEncoder(ClipTextConfig c) : base("encoder")
+    public ClipEncoder(ClipTextConfig c, bool causal = true) : base("encoder")
     {
-        layers = nn.ModuleList(Enumerable.Range(0, c.NumLayers).Select(_ => new ClipEncoderLayer(c)).ToArray());
+        layers = nn.ModuleList(Enumerable.Range(0, c.NumLayers).Select(_ => new ClipEncoderLayer(c, causal)).ToArray());
         RegisterComponents();
     }
 
