@@ -50,6 +50,13 @@ static class BenchmarkCommand
             Measure("plain generation, 2 prompts", n, () => Denoise(pipeline, Request("a cat riding a bicycle", "a cat riding a car"), null).Dispose());
             using (var store = new AttentionStore(1))
                 Measure("generation + AttentionStore", n, () => Denoise(pipeline, Request("a cat riding a bicycle"), store).Dispose());
+            // A latent update at every step (one conditional forward + backward before the guided pass), no refinement.
+            var excite = new ExciteSettings
+            {
+                TokenIndices = AttendAndExcite.SubjectTokens(sd.Tokenizer, "a cat riding a bicycle", ["cat", "bicycle"]), MaxIterToAlter = n,
+                Thresholds = new Dictionary<int, double>(),
+            };
+            Measure("generation + Attend-and-Excite", n, () => Denoise(pipeline, Request("a cat riding a bicycle"), null, excite).Dispose());
             AttentionReplace Swap(string target) => new(sd.Tokenizer, ["a cat riding a bicycle", target], n, new EditSchedule(0.8, StepWindow.Until(0.4)));
             // The source cache: record the source once, then edit with the targets alone (EditSession does this). The
             // batched and the cached word swap alternate --repeat times; the ratio takes the fastest run of each.
@@ -88,7 +95,7 @@ static class BenchmarkCommand
     }
 
     /// <summary>The denoising loop alone (no VAE decoding), as <see cref="StableDiffusionPipeline.Generate"/> runs it.</summary>
-    static Tensor Denoise(StableDiffusionPipeline pipeline, GenerationRequest request, IRunController? controller)
+    static Tensor Denoise(StableDiffusionPipeline pipeline, GenerationRequest request, IRunController? controller, ExciteSettings? excite = null)
     {
         var scheduler = Schedulers.Schedulers.Create("ddim", pipeline.Model.Scheduler, request.Steps);
         int count = request.Prompts.Count;
@@ -96,8 +103,10 @@ static class BenchmarkCommand
         using var latents = noise.expand(count, -1, -1, -1).contiguous();
         using var cond = pipeline.EncodePrompts(request.Prompts);
         using var uncond = pipeline.EncodePrompts(Enumerable.Repeat("", count).ToList());
+        var guidance = excite is null ? null : new AttendAndExcite(pipeline.Model, cond, excite, scheduler.Timesteps.Count,
+            request.Height!.Value / pipeline.Model.VaeScale, request.Width!.Value / pipeline.Model.VaeScale);
         using (pipeline.Model.UNet.Hooks.Use(controller))
-            return pipeline.Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, null, CliSupport.Cancellation);
+            return pipeline.Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, null, CliSupport.Cancellation, latentGuidance: guidance);
     }
 
     static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;

@@ -38,6 +38,7 @@ public sealed class Editor : IDisposable
 
     public Editor(StableDiffusionModel model, string modelName, string outputFolder, EditorLimits? limits = null, Action<string>? log = null)
     {
+        model.RequireTextToImage();
         _model = model;
         ModelName = modelName;
         Limits = limits ?? new EditorLimits();

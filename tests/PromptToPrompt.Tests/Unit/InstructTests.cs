@@ -130,6 +130,7 @@ public class InstructTests(ConformanceData data)
             (Run("--model", ConformanceData.Ip2pPath, "--image-guidance", "-1"), "The image guidance scale must be a finite number of at least 0"),
             (Run("--model", ConformanceData.Ip2pPath, "--guidance", "5,7", "--save-latents", dir.File("g.safetensors")), "--save-latents writes one edit's latents"),
             (["generate", "--model", ConformanceData.Ip2pPath, "--prompt", "a cat", "--out", dir.File("g.png")], "is an InstructPix2Pix model"),
+            (["serve", "--model", ConformanceData.Ip2pPath, "--port", "0"], "is an InstructPix2Pix model"),
         })
         {
             var (c, _, err) = CliTests.RunP2P(args);
