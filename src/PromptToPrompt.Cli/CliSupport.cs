@@ -155,8 +155,8 @@ static class CliSupport
     public static void Warn(string message) => Console.Error.WriteLine(message);
 
     /// <summary>
-    /// The model shipped with the project (models/shapes in the repository), found beside the executable's source
-    /// tree or through P2P_DEFAULT_MODEL.
+    /// The model shipped with the project (models/shapes in the repository, copied beside p2p.dll by the build), found
+    /// from the executable's folder upwards or through P2P_DEFAULT_MODEL.
     /// </summary>
     public static string DefaultModel()
     {

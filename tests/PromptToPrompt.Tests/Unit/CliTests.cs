@@ -304,3 +304,41 @@ public class ExciteCliTests
         }
     }
 }
+
+/// <summary>The shipped model travels with p2p: an output folder placed outside the source tree still finds it.</summary>
+public class PlacementTests
+{
+    [Fact]
+    public void P2p_outside_the_source_tree_finds_the_shipped_model_beside_itself()
+    {
+        // The test's own output is a build of p2p (with the model the build copies beside it). Place a copy outside the
+        // repository (hard links, or a plain copy across file systems; symbolic links would lead .NET back to the
+        // repository), so that only the model beside p2p.dll can be found, then run it from elsewhere.
+        var bin = AppContext.BaseDirectory.TrimEnd(Path.DirectorySeparatorChar);
+        Assert.True(File.Exists(Path.Combine(bin, "models", "shapes", "model_index.json")), "the build did not copy models/shapes beside p2p.dll");
+        using var dir = new TempDir();
+        var placed = dir.File("p2p-elsewhere");
+        int Copy(string flags)
+        {
+            using var cp = Process.Start("cp", [flags, bin, placed])!;
+            cp.WaitForExit();
+            return cp.ExitCode;
+        }
+        if (Copy("-al") != 0)
+        {
+            if (Directory.Exists(placed)) Directory.Delete(placed, true);
+            Assert.Equal(0, Copy("-a"));
+        }
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = dir.Path };
+        foreach (var a in new[] { Path.Combine(placed, "p2p.dll"), "generate", "--prompt", "a large red circle on a white background", "--seed", "1", "--steps", "3", "--out", "x.png" })
+            psi.ArgumentList.Add(a);
+        psi.Environment.Remove("P2P_DEFAULT_MODEL");
+        using var p = Process.Start(psi)!;
+        var stderr = p.StandardError.ReadToEndAsync();
+        p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        Assert.True(p.ExitCode == 0, stderr.Result);
+        Assert.Contains($"loading {Path.Combine(placed, "models", "shapes")}", stderr.Result);
+        Assert.True(File.Exists(dir.File("x.png")));
+    }
+}
