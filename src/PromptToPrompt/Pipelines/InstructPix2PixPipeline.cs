@@ -161,7 +161,7 @@ public sealed class InstructPix2PixPipeline
             x = next;
             progress?.Report(new StepProgress(i + 1, total, clock.Elapsed, x));
         }
-        var image = RgbImage.FromDecoded(DecodeLatents(x), round: true)[0];
+        var image = _text.Decode(x, round: true)[0];
         return new InstructResult(x.cpu().MoveToOuterDisposeScope(), image, Parameters(request, schedulerName));
     }
 
@@ -209,13 +209,6 @@ public sealed class InstructPix2PixPipeline
         }
         var b = e.chunk(3, 0);
         return b[2] + g * (b[0] - b[1]) + s * (b[1] - b[2]);
-    }
-
-    Tensor DecodeLatents(Tensor latents)
-    {
-        using var scope = NewDisposeScope();
-        var z = (latents.to(ScalarType.Float32) * (1.0 / _model.Vae.Config.ScalingFactor)).to(DType).to(Device);
-        return _model.Vae.Decode(z).MoveToOuterDisposeScope();
     }
 
     /// <summary>PNG text entries: a readable summary and a JSON record of the edit.</summary>

@@ -185,7 +185,8 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
     }
 
     /// <summary>Decodes diffusion latents [N, C, h, w] to images, one at a time to bound memory.</summary>
-    public RgbImage[] Decode(Tensor latents)
+    /// <param name="round">Round to uint8 as diffusers' numpy_to_pil does (InstructPix2Pix, Attend-and-Excite references); else truncate as the Prompt-to-Prompt code does.</param>
+    public RgbImage[] Decode(Tensor latents, bool round = false)
     {
         using var _ = no_grad();
         var images = new List<RgbImage>();
@@ -193,7 +194,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         {
             using var scope = NewDisposeScope();
             var z = (latents[i..(i + 1)].to(ScalarType.Float32) / model.Vae.Config.ScalingFactor).to(DType).to(Device);
-            images.AddRange(RgbImage.FromDecoded(model.Vae.Decode(z)));
+            images.AddRange(RgbImage.FromDecoded(model.Vae.Decode(z), round));
         }
         return images.ToArray();
     }
