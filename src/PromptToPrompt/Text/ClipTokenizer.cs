@@ -1,4 +1,3 @@
-using System.Net;
 using System.Text;
 using System.Text.Json;
 using System.Text.RegularExpressions;
@@ -9,8 +8,8 @@ namespace PromptToPrompt.Text;
 public sealed record TokenizedPrompt(string Prompt, long[] Ids, int TokenCount, bool Truncated);
 
 /// <summary>
-/// The CLIP byte-level BPE tokenizer, equal to transformers' CLIPTokenizer (without ftfy): HTML unescaping,
-/// whitespace clean-up, lower-casing, the CLIP pre-tokeniser pattern, BPE with the `&lt;/w&gt;` end-of-word marker,
+/// The CLIP byte-level BPE tokenizer, equal to transformers' CLIPTokenizer with ftfy installed (as the official
+/// requirements install it): ftfy's <c>fix_text</c> (<see cref="TextFixer"/>), whitespace clean-up, lower-casing, the CLIP pre-tokeniser pattern, BPE with the `&lt;/w&gt;` end-of-word marker,
 /// BOS/EOS, truncation to the model length and right padding.
 /// </summary>
 public sealed class ClipTokenizer
@@ -94,12 +93,10 @@ public sealed class ClipTokenizer
         return new ClipTokenizer(vocab, merges, length, bos, eos, pad);
     }
 
-    /// <summary>The text normalisation CLIP applies before splitting.</summary>
-    public static string Normalize(string text)
-    {
-        text = WebUtility.HtmlDecode(WebUtility.HtmlDecode(text)).Trim();
-        return Whitespace.Replace(text, " ").Trim().ToLowerInvariant();
-    }
+    /// <summary>The text normalisation CLIPTokenizer applies before splitting:
+    /// <c>whitespace_clean(ftfy.fix_text(text)).lower()</c>.</summary>
+    public static string Normalize(string text) =>
+        TextFixer.PythonLower(Whitespace.Replace(TextFixer.FixText(text), " ").Trim());
 
     /// <summary>Token ids without BOS/EOS, never truncated.</summary>
     public List<int> EncodeWithoutSpecials(string text)
