@@ -1,4 +1,4 @@
-using System.Diagnostics;
+using static PromptToPrompt.Tests.Unit.TestProcess;
 using System.Net;
 using System.Text;
 using PromptToPrompt.Datasets;
@@ -12,19 +12,7 @@ namespace PromptToPrompt.Tests.Unit;
 /// </summary>
 public class DeployTests
 {
-    static string Root => Path.GetFullPath(Path.Combine(ShippedModelTests.Folder, "..", ".."));
 
-    static (int Code, string Out, string Err) Run(string file, IEnumerable<string> args, IDictionary<string, string>? env = null, string? cwd = null)
-    {
-        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = cwd ?? Environment.CurrentDirectory };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        foreach (var (k, v) in env ?? new Dictionary<string, string>()) psi.Environment[k] = v;
-        using var p = Process.Start(psi)!;
-        var o = p.StandardOutput.ReadToEndAsync();
-        var e = p.StandardError.ReadToEndAsync();
-        p.WaitForExit();
-        return (p.ExitCode, o.Result, e.Result);
-    }
 
     static void Require(string tool, string package)
     {
@@ -45,19 +33,19 @@ public class DeployTests
         var (code, _, err) = CliTests.RunP2P(["dataset", "generate", "--model", ShippedModelTests.Folder, "--prompts", prompts, "--out", dir.File("single"), .. args.Split(' ')]);
         Assert.True(code == 0, err);
 
-        var cluster = Path.Combine(Root, "deploy", "slurm", "local-cluster.sh");
+        var cluster = Path.Combine(RepositoryRoot, "deploy", "slurm", "local-cluster.sh");
         var state = dir.File("slurm");
-        var ports = new Dictionary<string, string> { ["SLURMCTLD_PORT"] = "16817", ["SLURMD_PORT"] = "16818" };
+        var ports = new Dictionary<string, string?> { ["SLURMCTLD_PORT"] = "16817", ["SLURMD_PORT"] = "16818" };
         var up = Run(cluster, ["start", state], ports);
         try
         {
             Assert.True(up.Code == 0, up.Out + up.Err);
-            var env = new Dictionary<string, string>
+            var env = new Dictionary<string, string?>
             {
                 ["SLURM_CONF"] = Path.Combine(state, "slurm.conf"), ["P2P"] = p2p, ["P2P_PROMPTS"] = prompts, ["P2P_OUT"] = dir.File("slurm-out"),
                 ["P2P_MODEL"] = ShippedModelTests.Folder, ["P2P_ARGS"] = args,
             };
-            var job = Run("sbatch", ["--wait", "--array=0-2", $"--output={dir.File("task-%a.log")}", Path.Combine(Root, "deploy", "slurm", "generate.sbatch")], env, dir.Path);
+            var job = Run("sbatch", ["--wait", "--array=0-2", $"--output={dir.File("task-%a.log")}", Path.Combine(RepositoryRoot, "deploy", "slurm", "generate.sbatch")], env, dir.Path);
             Assert.True(job.Code == 0, $"sbatch: {job.Out}{job.Err}\n{string.Join("\n", Directory.GetFiles(dir.Path, "task-*.log").Select(File.ReadAllText))}");
             Assert.Contains("shard 1 of 3", File.ReadAllText(dir.File("task-1.log")));
         }
@@ -74,7 +62,7 @@ public class DeployTests
     public void The_indexed_job_is_accepted_by_kubectl_and_its_shard_count_matches_its_completions()
     {
         Require("kubectl", "kubernetes-client");
-        var manifest = Path.Combine(Root, "deploy", "k8s", "indexed-job.yaml");
+        var manifest = Path.Combine(RepositoryRoot, "deploy", "k8s", "indexed-job.yaml");
         var text = File.ReadAllText(manifest);
         var completions = System.Text.RegularExpressions.Regex.Match(text, @"\n  completions: (\d+)").Groups[1].Value;
         Assert.Matches(@"\n  completionMode: Indexed", text);
@@ -112,7 +100,7 @@ public class DeployTests
         });
         File.WriteAllText(dir.File("kubeconfig"), $"apiVersion: v1\nkind: Config\nclusters:\n- name: stub\n  cluster:\n    server: http://127.0.0.1:{port}\n" +
             "contexts:\n- name: stub\n  context:\n    cluster: stub\n    namespace: default\ncurrent-context: stub\nusers: []\n");
-        var env = new Dictionary<string, string> { ["KUBECONFIG"] = dir.File("kubeconfig") };
+        var env = new Dictionary<string, string?> { ["KUBECONFIG"] = dir.File("kubeconfig") };
         var (code, stdout, stderr) = Run("kubectl", ["apply", "--dry-run=client", "--validate=false", "-f", manifest], env);
         // The same command refuses a manifest whose kind the API does not have.
         File.WriteAllText(dir.File("broken.yaml"), text.Replace("kind: Job", "kind: Jobb"));
