@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Globalization;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Pipelines;
 
@@ -42,6 +43,20 @@ static class CliSupport
 
     /// <summary>Cancelled by Ctrl-C: long loops stop at the next step; nothing half-written is left behind.</summary>
     public static CancellationToken Cancellation => CtrlC.Token;
+
+    /// <summary>Every number option of every command refuses NaN and infinity when parsed, before anything runs.</summary>
+    public static void RequireFiniteNumbers(Command command)
+    {
+        foreach (var option in command.Options.Where(o => o.ValueType == typeof(double) || o.ValueType == typeof(double?)))
+            option.Validators.Add(result =>
+            {
+                // Text that is no number at all is left to the parser's own error.
+                foreach (var token in result.Tokens)
+                    if (double.TryParse(token.Value, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) && !double.IsFinite(d))
+                        result.AddError($"{option.Name} must be a finite number; got {d.ToString(CultureInfo.InvariantCulture)}.");
+            });
+        foreach (var sub in command.Subcommands) RequireFiniteNumbers(sub);
+    }
 
     /// <summary>Runs a command body: user errors become one line on stderr and exit code 1; Ctrl-C exits with 130.</summary>
     public static int Run(Func<int> body)
@@ -173,10 +188,7 @@ static class CliSupport
     public static TorchSharp.torch.Tensor ReadLatent(string path)
     {
         using var file = new SafetensorsFile(path);
-        if (!file.Entries.ContainsKey("latent"))
-            throw new UserError($"{path} has no tensor named 'latent' (it has: {string.Join(", ", file.Entries.Keys)}). " +
-                                "Save the initial latent as a tensor named 'latent' of shape [1, C, H/8, W/8].");
-        return file.Read("latent").to(TorchSharp.torch.ScalarType.Float32);
+        return file.ReadUserTensor("latent", 4, "Save the initial latent as a float tensor named 'latent' of shape [1, C, H/8, W/8].");
     }
 }
 

@@ -137,8 +137,7 @@ static class DatasetCommand
     static (double, double) Range(string text, string option)
     {
         var parts = text.Split(',', StringSplitOptions.TrimEntries);
-        if (parts.Length != 2 || !double.TryParse(parts[0], NumberStyles.Float, CultureInfo.InvariantCulture, out var lo) ||
-            !double.TryParse(parts[1], NumberStyles.Float, CultureInfo.InvariantCulture, out var hi))
+        if (parts.Length != 2 || !Numbers.TryParseFinite(parts[0], out var lo) || !Numbers.TryParseFinite(parts[1], out var hi))
             throw new UserError($"{option} {text}: give MIN,MAX, e.g. {option} 0.1,0.9.");
         return (lo, hi);
     }

@@ -206,15 +206,15 @@ static class EditCommand
     static (string Word, double Value) ParseReweight(string text)
     {
         var eq = text.LastIndexOf('=');
-        if (eq <= 0 || !double.TryParse(text[(eq + 1)..], NumberStyles.Float, CultureInfo.InvariantCulture, out var value))
-            throw new UserError($"--reweight {text}: expected word=value, e.g. --reweight smiling=5.");
+        if (eq <= 0 || !Numbers.TryParseFinite(text[(eq + 1)..], out var value))
+            throw new UserError($"--reweight {text}: expected word=value with a finite number, e.g. --reweight smiling=5.");
         return (text[..eq], value);
     }
 
     static JsonNode WindowJson(string text)
     {
         var parts = text.Split(',');
-        var numbers = parts.Select(p => double.TryParse(p, NumberStyles.Float, CultureInfo.InvariantCulture, out var v)
+        var numbers = parts.Select(p => Numbers.TryParseFinite(p, out var v)
             ? v : throw new UserError($"'{text}': expected a fraction like 0.8 or a pair like 0.2,0.8.")).ToArray();
         return numbers.Length switch
         {

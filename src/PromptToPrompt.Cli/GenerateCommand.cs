@@ -102,7 +102,7 @@ sealed record ExciteOptions(Option<string?> Words, Option<int> Steps, Option<dou
         {
             var parts = pair.Split(':');
             if (parts.Length != 2 || !int.TryParse(parts[0], out var step) ||
-                !double.TryParse(parts[1], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var value))
+                !Numbers.TryParseFinite(parts[1], out var value))
                 throw new UserError($"--excite-thresholds {text}: '{pair}' is not step:value. Write e.g. 0:0.05,10:0.5,20:0.8.");
             result[step] = value;
         }

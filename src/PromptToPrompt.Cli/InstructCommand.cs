@@ -99,8 +99,8 @@ static class InstructCommand
         var parts = text.Split(',', StringSplitOptions.TrimEntries);
         var values = new double[parts.Length];
         for (int i = 0; i < parts.Length; i++)
-            if (!double.TryParse(parts[i], NumberStyles.Float, CultureInfo.InvariantCulture, out values[i]))
-                throw new UserError($"{option} {text}: '{parts[i]}' is not a number. Give a number or a comma-separated list, e.g. {option} 5,7.5,10.");
+            if (!Numbers.TryParseFinite(parts[i], out values[i]))
+                throw new UserError($"{option} {text}: '{parts[i]}' is not a finite number. Give a number or a comma-separated list, e.g. {option} 5,7.5,10.");
         return values;
     }
 }

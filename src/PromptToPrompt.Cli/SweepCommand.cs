@@ -106,6 +106,6 @@ static class SweepCommand
     }
 
     static List<double> Values(string text, string option) => text.Split(',', StringSplitOptions.TrimEntries)
-        .Select(v => double.TryParse(v, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) ? d
-            : throw new UserError($"{option} {text}: expected comma-separated numbers, e.g. 0.2,0.4,0.6.")).ToList();
+        .Select(v => Numbers.TryParseFinite(v, out var d) ? d
+            : throw new UserError($"{option} {text}: expected comma-separated finite numbers, e.g. 0.2,0.4,0.6.")).ToList();
 }

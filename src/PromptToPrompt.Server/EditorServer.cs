@@ -278,8 +278,8 @@ public static class EditorServer
 
     static double? Double(IFormCollection form, string field) =>
         form[field].ToString() is { Length: > 0 } s
-            ? double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) ? v
-            : throw new UserError($"{field} must be a number; got '{s}'.") : null;
+            ? Numbers.TryParseFinite(s, out var v) ? v
+            : throw new UserError($"{field} must be a finite number; got '{s}'.") : null;
 
     /// <summary>
     /// Refuses requests whose Host is not one of this server's own names (DNS rebinding) and requests whose Origin is

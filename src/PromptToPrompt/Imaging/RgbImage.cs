@@ -30,18 +30,75 @@ public sealed record RgbImage(int Width, int Height, byte[] Pixels)
         return Decode(stream, path);
     }
 
-    /// <summary>Decodes PNG or JPEG bytes (any channel layout) as RGB; <paramref name="name"/> names them in errors.</summary>
+    /// <summary>The largest image read (8192 x 8192): its RGB bytes and the decoder's buffers stay under about 0.5 GB.</summary>
+    public const long MaxPixels = 8192L * 8192;
+
+    /// <summary>
+    /// Decodes PNG or JPEG bytes (any channel layout) as RGB; <paramref name="name"/> names them in errors. The size
+    /// in the header is checked against <see cref="MaxPixels"/> before anything is decoded.
+    /// </summary>
     public static RgbImage Decode(Stream stream, string name)
     {
         try
         {
+            if (!stream.CanSeek)
+            {
+                var copy = new MemoryStream();
+                stream.CopyTo(copy);
+                copy.Position = 0;
+                stream = copy;
+            }
+            long start = stream.Position;
+            if (HeaderSize(stream) is var (w, h) && (long)w * h > MaxPixels)
+                throw new UserError($"{name} is {w}x{h} pixels, more than the {MaxPixels / 1_000_000} megapixels " +
+                                    "(8192x8192) p2p reads. Shrink it first; editing works at the model's size anyway.");
+            stream.Position = start;
             var img = StbImageSharp.ImageResult.FromStream(stream, StbImageSharp.ColorComponents.RedGreenBlue);
             return new RgbImage(img.Width, img.Height, img.Data);
         }
         catch (Exception e) when (e is not UserError)
         {
-            throw new UserError($"{name} could not be read as an image ({e.Message}). Use a PNG or JPEG file.");
+            // The decoder's reasons are terse and sometimes blank; say what is known.
+            var reason = string.IsNullOrWhiteSpace(e.Message) || !e.Message.All(c => c is >= ' ' and <= '~') ? "corrupt or truncated" : e.Message.Trim();
+            throw new UserError($"{name} could not be read as an image ({reason}). Use a PNG or JPEG file.");
         }
+    }
+
+    /// <summary>Width and height from a PNG's IHDR or a JPEG's start-of-frame marker, read without decoding; null
+    /// when the header is not found (the decoder then reports the file).</summary>
+    static (int Width, int Height)? HeaderSize(Stream stream)
+    {
+        var reader = new BinaryReader(stream);
+        int Big16() => (reader.ReadByte() << 8) | reader.ReadByte();
+        try
+        {
+            var head = reader.ReadBytes(8);
+            if (head.Length == 8 && head.AsSpan().SequenceEqual((byte[])[0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A]))
+            {
+                var ihdr = reader.ReadBytes(16);  // length, "IHDR", width, height (big-endian)
+                return ihdr.Length == 16 ? ((int)Math.Min(System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(ihdr.AsSpan(8)), int.MaxValue),
+                    (int)Math.Min(System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(ihdr.AsSpan(12)), int.MaxValue)) : null;
+            }
+            if (head.Length < 2 || head[0] != 0xFF || head[1] != 0xD8) return null;
+            stream.Position -= 6;
+            while (true)  // JPEG segments: FF marker, big-endian length (including itself), payload
+            {
+                if (reader.ReadByte() != 0xFF) return null;
+                int marker = reader.ReadByte();
+                while (marker == 0xFF) marker = reader.ReadByte();
+                if (marker is 0xD8 or 0x01 or >= 0xD0 and <= 0xD7) continue;
+                int length = Big16();
+                if (marker is >= 0xC0 and <= 0xCF and not (0xC4 or 0xC8 or 0xCC))
+                {
+                    reader.ReadByte();  // sample precision
+                    int height = Big16();
+                    return (Big16(), height);
+                }
+                if (length < 2) return null;
+                stream.Position += length - 2;
+            }
+        }
+        catch (EndOfStreamException) { return null; }
     }
 
     /// <summary>Resized with bilinear filtering (antialiased when shrinking).</summary>

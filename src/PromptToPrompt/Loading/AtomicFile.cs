@@ -28,10 +28,31 @@ public static class AtomicFile
         }
     }
 
-    /// <summary>Refuses to replace an existing file unless the caller allows it.</summary>
+    /// <summary>
+    /// Checks before any work is done that <paramref name="path"/> can be written: it is not a folder, no part of
+    /// its folder is a file, the nearest existing folder accepts a new file, and an existing file is replaced only
+    /// when the caller allows it.
+    /// </summary>
     public static void EnsureWritable(string path, bool overwrite)
     {
+        if (Directory.Exists(path)) throw new UserError($"{path} is a folder. Give a file name as the output path.");
         if (!overwrite && File.Exists(path))
             throw new UserError($"{path} already exists. Choose another output path or pass --overwrite to replace it.");
+        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
+        while (dir is not null && !Directory.Exists(dir))
+        {
+            if (File.Exists(dir)) throw new UserError($"{path} cannot be written: {dir} is a file, not a folder. Choose another output path.");
+            dir = Path.GetDirectoryName(dir);
+        }
+        if (dir is null) return;
+        try
+        {
+            using var probe = new FileStream(Path.Combine(dir, $".p2p-write-test.{Environment.ProcessId}.{Guid.NewGuid():N}"),
+                FileMode.CreateNew, FileAccess.Write, FileShare.None, 1, FileOptions.DeleteOnClose);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UserError($"{path} cannot be written: {dir} does not accept new files ({e.Message}). Choose another output path.");
+        }
     }
 }

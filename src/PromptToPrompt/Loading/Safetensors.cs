@@ -110,6 +110,29 @@ public sealed class SafetensorsFile : IDisposable
         }
     }
 
+    /// <summary>
+    /// Reads a tensor a user supplied (a latent, an inversion) as float32 on the CPU, refusing one that is missing,
+    /// not floating point, not of <paramref name="dims"/> dimensions, or holds NaN or infinity.
+    /// </summary>
+    public Tensor ReadUserTensor(string name, int dims, string fix)
+    {
+        if (!Entries.TryGetValue(name, out var e))
+            throw new UserError($"{Path} has no tensor named '{name}' (it has: {string.Join(", ", Entries.Keys)}). {fix}");
+        string shape = $"[{string.Join(", ", e.Shape)}]";
+        if (e.DType is not ("F32" or "F16" or "BF16" or "F64"))
+            throw new UserError($"{Path}: tensor '{name}' {shape} is {e.DType}, not floating point. {fix}");
+        if (e.Shape.Length != dims)
+            throw new UserError($"{Path}: tensor '{name}' has shape {shape}, which is not {dims}-dimensional. {fix}");
+        using var stored = Read(name);
+        var t = stored.to(ScalarType.Float32);
+        if (!t.isfinite().all().item<bool>())
+        {
+            t.Dispose();
+            throw new UserError($"{Path}: tensor '{name}' {shape} holds NaN or infinite values. {fix}");
+        }
+        return t;
+    }
+
     /// <summary>Reads one tensor onto the CPU in its stored dtype.</summary>
     public unsafe Tensor Read(string name)
     {

@@ -73,12 +73,16 @@ public sealed record InversionFile(Tensor XT, Tensor NullEmbeddings, IReadOnlyDi
         foreach (var key in new[] { "prompt", "steps", "guidance_scale", "model_fingerprint" })
             if (!file.Metadata.ContainsKey(key))
                 throw new UserError($"{path} lacks the '{key}' metadata of an inversion file. Make it again with p2p invert.");
-        var xT = file.Read("x_T").to(ScalarType.Float32);
-        var nulls = file.Read("null_embeddings").to(ScalarType.Float32);
+        if (!int.TryParse(file.Metadata["steps"], NumberStyles.None, CultureInfo.InvariantCulture, out var steps) || steps <= 0
+            || !double.TryParse(file.Metadata["guidance_scale"], NumberStyles.Float, CultureInfo.InvariantCulture, out var g) || !double.IsFinite(g))
+            throw new UserError($"{path}: its 'steps' ({file.Metadata["steps"]}) or 'guidance_scale' ({file.Metadata["guidance_scale"]}) metadata is not a valid number. Make it again with p2p invert.");
+        const string again = "The file is corrupt: invert the photo again.";
+        var xT = file.ReadUserTensor("x_T", 4, again);
+        var nulls = file.ReadUserTensor("null_embeddings", 3, again);
         bool direct = file.Metadata.GetValueOrDefault("method") == "direct";
         if (direct && !file.Entries.ContainsKey("ddim_latents"))
             throw new UserError($"{path} is a direct inversion without its trajectory (tensor 'ddim_latents'). Invert the photo again.");
-        var ddim = direct ? file.Read("ddim_latents").to(ScalarType.Float32) : null;
+        var ddim = direct ? file.ReadUserTensor("ddim_latents", 4, again) : null;
         var result = new InversionFile(xT, nulls, file.Metadata, ddim);
         if (xT.dim() != 4 || xT.shape[0] != 1 || nulls.dim() != 3 || nulls.shape[0] != result.Steps
             || (ddim is not null && (ddim.dim() != 4 || ddim.shape[0] != result.Steps + 1 || !ddim.shape[1..].SequenceEqual(xT.shape[1..]))))

@@ -126,7 +126,7 @@ public class InstructTests(ConformanceData data)
         {
             (Run(), "p2p instruct needs an InstructPix2Pix model: pass --model"),
             (Run("--model", ConformanceData.ModelPath), "tiny-sd is not an InstructPix2Pix model"),
-            (Run("--model", ConformanceData.Ip2pPath, "--guidance", "5,high"), "--guidance 5,high: 'high' is not a number."),
+            (Run("--model", ConformanceData.Ip2pPath, "--guidance", "5,high"), "--guidance 5,high: 'high' is not a finite number."),
             (Run("--model", ConformanceData.Ip2pPath, "--image-guidance", "-1"), "The image guidance scale must be a finite number of at least 0"),
             (Run("--model", ConformanceData.Ip2pPath, "--guidance", "5,7", "--save-latents", dir.File("g.safetensors")), "--save-latents writes one edit's latents"),
             (["generate", "--model", ConformanceData.Ip2pPath, "--prompt", "a cat", "--out", dir.File("g.png")], "is an InstructPix2Pix model"),
