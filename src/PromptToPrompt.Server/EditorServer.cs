@@ -232,7 +232,7 @@ public static class EditorServer
     {
         try
         {
-            return await JsonNode.ParseAsync(request.Body) as JsonObject ?? throw new UserError("The request body must be a JSON object.");
+            return await JsonNode.ParseAsync(request.Body, documentOptions: EditSpec.JsonOptions) as JsonObject ?? throw new UserError("The request body must be a JSON object.");
         }
         catch (JsonException e)
         {

@@ -62,27 +62,38 @@ public static class Png
     /// <summary>The tEXt and iTXt entries of a PNG file.</summary>
     public static Dictionary<string, string> ReadText(string path)
     {
-        var data = File.ReadAllBytes(path);
+        if (!File.Exists(path)) throw new UserError($"Image not found: {path}.");
+        return ReadText(File.ReadAllBytes(path), path);
+    }
+
+    /// <summary>
+    /// The tEXt and iTXt entries of PNG bytes (<paramref name="name"/> names them in errors). A file that is not a
+    /// PNG, or whose chunks run past its end, is refused; an entry without its separators is skipped; compressed iTXt
+    /// entries are skipped (this project writes them uncompressed).
+    /// </summary>
+    public static Dictionary<string, string> ReadText(byte[] data, string name)
+    {
+        if (data.Length < 8 || !data.AsSpan(0, 8).SequenceEqual(Signature))
+            throw new UserError($"{name} is not a PNG file, so it carries no PNG metadata.");
         var result = new Dictionary<string, string>();
-        int pos = 8;
+        long pos = 8;
         while (pos + 8 <= data.Length)
         {
-            int length = (int)ReadBigEndian(data, pos);
-            string type = Encoding.ASCII.GetString(data, pos + 4, 4);
-            var body = data.AsSpan(pos + 8, length);
-            if (type is "tEXt" or "iTXt")
+            long length = ReadBigEndian(data, (int)pos);
+            if (length > data.Length - pos - 12)
+                throw new UserError($"{name}: a PNG chunk at byte {pos} claims {length} bytes, past the end of the file. The file is truncated or corrupt.");
+            string type = Encoding.ASCII.GetString(data, (int)pos + 4, 4);
+            var body = data.AsSpan((int)pos + 8, (int)length);
+            int zero = body.IndexOf((byte)0);
+            if (type == "tEXt" && zero > 0)
+                result[Encoding.Latin1.GetString(body[..zero])] = Encoding.Latin1.GetString(body[(zero + 1)..]);
+            else if (type == "iTXt" && zero > 0 && body.Length >= zero + 3 && body[zero + 1] == 0)
             {
-                int zero = body.IndexOf((byte)0);
-                string key = Encoding.Latin1.GetString(body[..zero]);
-                if (type == "tEXt") result[key] = Encoding.Latin1.GetString(body[(zero + 1)..]);
-                else
-                {
-                    var rest = body[(zero + 3)..];
-                    int lang = rest.IndexOf((byte)0);
-                    rest = rest[(lang + 1)..];
-                    int translated = rest.IndexOf((byte)0);
-                    result[key] = Encoding.UTF8.GetString(rest[(translated + 1)..]);
-                }
+                var rest = body[(zero + 3)..];  // after the compression flag and method: language, 0, translated key, 0, text
+                int lang = rest.IndexOf((byte)0);
+                int translated = lang < 0 ? -1 : rest[(lang + 1)..].IndexOf((byte)0);
+                if (translated >= 0)
+                    result[Encoding.Latin1.GetString(body[..zero])] = Encoding.UTF8.GetString(rest[(lang + 1 + translated + 1)..]);
             }
             if (type == "IEND") break;
             pos += 12 + length;

@@ -1,3 +1,4 @@
+using System.Text;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -33,72 +34,98 @@ public sealed record RgbImage(int Width, int Height, byte[] Pixels)
     /// <summary>The largest image read (8192 x 8192): its RGB bytes and the decoder's buffers stay under about 0.5 GB.</summary>
     public const long MaxPixels = 8192L * 8192;
 
+    /// <summary>The largest image file read.</summary>
+    public const long MaxFileBytes = 256L << 20;
+
     /// <summary>
-    /// Decodes PNG or JPEG bytes (any channel layout) as RGB; <paramref name="name"/> names them in errors. The size
-    /// in the header is checked against <see cref="MaxPixels"/> before anything is decoded.
+    /// Decodes PNG or JPEG bytes (any channel layout) as RGB; <paramref name="name"/> names them in errors. Before
+    /// anything is decoded, the file's structure is walked (every PNG chunk or JPEG segment inside the file, up to
+    /// IEND or EOI), so a truncated file is refused rather than handed to the decoder (stb_image loops forever on
+    /// some truncated JPEGs), and the size in the header is checked against <see cref="MaxPixels"/>.
     /// </summary>
     public static RgbImage Decode(Stream stream, string name)
     {
+        byte[] data;
+        using (var copy = new MemoryStream())
+        {
+            var buffer = new byte[81920];
+            int read;
+            while ((read = stream.Read(buffer)) > 0)
+            {
+                copy.Write(buffer, 0, read);
+                if (copy.Length > MaxFileBytes)
+                    throw new UserError($"{name} is larger than {MaxFileBytes >> 20} MB, more than p2p reads as an image. Use a smaller PNG or JPEG file.");
+            }
+            data = copy.ToArray();
+        }
+        var (w, h) = CheckStructure(data, name);
+        if ((long)w * h > MaxPixels)
+            throw new UserError($"{name} is {w}x{h} pixels, more than the {MaxPixels / 1_000_000} megapixels " +
+                                "(8192x8192) p2p reads. Shrink it first; editing works at the model's size anyway.");
         try
         {
-            if (!stream.CanSeek)
-            {
-                var copy = new MemoryStream();
-                stream.CopyTo(copy);
-                copy.Position = 0;
-                stream = copy;
-            }
-            long start = stream.Position;
-            if (HeaderSize(stream) is var (w, h) && (long)w * h > MaxPixels)
-                throw new UserError($"{name} is {w}x{h} pixels, more than the {MaxPixels / 1_000_000} megapixels " +
-                                    "(8192x8192) p2p reads. Shrink it first; editing works at the model's size anyway.");
-            stream.Position = start;
-            var img = StbImageSharp.ImageResult.FromStream(stream, StbImageSharp.ColorComponents.RedGreenBlue);
+            var img = StbImageSharp.ImageResult.FromMemory(data, StbImageSharp.ColorComponents.RedGreenBlue);
             return new RgbImage(img.Width, img.Height, img.Data);
         }
         catch (Exception e) when (e is not UserError)
         {
             // The decoder's reasons are terse and sometimes blank; say what is known.
-            var reason = string.IsNullOrWhiteSpace(e.Message) || !e.Message.All(c => c is >= ' ' and <= '~') ? "corrupt or truncated" : e.Message.Trim();
+            var reason = string.IsNullOrWhiteSpace(e.Message) || !e.Message.All(c => c is >= ' ' and <= '~') ? "corrupt" : e.Message.Trim();
             throw new UserError($"{name} could not be read as an image ({reason}). Use a PNG or JPEG file.");
         }
     }
 
-    /// <summary>Width and height from a PNG's IHDR or a JPEG's start-of-frame marker, read without decoding; null
-    /// when the header is not found (the decoder then reports the file).</summary>
-    static (int Width, int Height)? HeaderSize(Stream stream)
+    /// <summary>Width and height of a complete PNG (IHDR first, chunks inside the file, IEND) or JPEG (segments
+    /// inside the file, a start-of-frame before the scan, EOI at the end); anything else is refused.</summary>
+    static (int Width, int Height) CheckStructure(byte[] d, string name)
     {
-        var reader = new BinaryReader(stream);
-        int Big16() => (reader.ReadByte() << 8) | reader.ReadByte();
-        try
+        string Bad(string why) => $"{name} could not be read as an image ({why}). Use a PNG or JPEG file.";
+        static int Big16(byte[] b, long o) => (b[o] << 8) | b[o + 1];
+        static long Big32(byte[] b, long o) => (uint)((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]);
+        if (d.Length >= 8 && d.AsSpan(0, 8).SequenceEqual((byte[])[0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A]))
         {
-            var head = reader.ReadBytes(8);
-            if (head.Length == 8 && head.AsSpan().SequenceEqual((byte[])[0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A]))
+            if (d.Length < 33 || Encoding.ASCII.GetString(d, 12, 4) != "IHDR") throw new UserError(Bad("no PNG header"));
+            long width = Big32(d, 16), height = Big32(d, 20);
+            for (long pos = 8; ; )
             {
-                var ihdr = reader.ReadBytes(16);  // length, "IHDR", width, height (big-endian)
-                return ihdr.Length == 16 ? ((int)Math.Min(System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(ihdr.AsSpan(8)), int.MaxValue),
-                    (int)Math.Min(System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(ihdr.AsSpan(12)), int.MaxValue)) : null;
+                if (pos + 12 > d.Length) throw new UserError(Bad("truncated: the PNG ends before its IEND chunk"));
+                long length = Big32(d, pos);
+                if (length > d.Length - pos - 12) throw new UserError(Bad($"truncated: a PNG chunk at byte {pos} runs past the end"));
+                if (Encoding.ASCII.GetString(d, (int)pos + 4, 4) == "IEND") break;
+                pos += 12 + length;
             }
-            if (head.Length < 2 || head[0] != 0xFF || head[1] != 0xD8) return null;
-            stream.Position -= 6;
-            while (true)  // JPEG segments: FF marker, big-endian length (including itself), payload
+            return ((int)Math.Min(width, int.MaxValue), (int)Math.Min(height, int.MaxValue));
+        }
+        if (d.Length >= 3 && d[0] == 0xFF && d[1] == 0xD8)
+        {
+            (int, int)? size = null;
+            for (long pos = 2; ; )
             {
-                if (reader.ReadByte() != 0xFF) return null;
-                int marker = reader.ReadByte();
-                while (marker == 0xFF) marker = reader.ReadByte();
-                if (marker is 0xD8 or 0x01 or >= 0xD0 and <= 0xD7) continue;
-                int length = Big16();
+                if (pos + 2 > d.Length) throw new UserError(Bad("truncated: the JPEG ends before its EOI marker"));
+                if (d[pos] != 0xFF) throw new UserError(Bad($"no JPEG marker at byte {pos}"));
+                int marker = d[pos + 1];
+                pos += 2;
+                if (marker == 0xFF) { pos--; continue; }  // fill byte
+                if (marker == 0xD9) break;
+                if (marker is 0x01 or >= 0xD0 and <= 0xD7) continue;
+                if (pos + 2 > d.Length || Big16(d, pos) < 2 || pos + Big16(d, pos) > d.Length)
+                    throw new UserError(Bad($"truncated: a JPEG segment at byte {pos - 2} runs past the end"));
+                int length = Big16(d, pos);
                 if (marker is >= 0xC0 and <= 0xCF and not (0xC4 or 0xC8 or 0xCC))
                 {
-                    reader.ReadByte();  // sample precision
-                    int height = Big16();
-                    return (Big16(), height);
+                    if (length < 7) throw new UserError(Bad("a malformed JPEG frame header"));
+                    size = (Big16(d, pos + 5), Big16(d, pos + 3));
                 }
-                if (length < 2) return null;
-                stream.Position += length - 2;
+                pos += length;
+                if (marker == 0xDA)
+                {
+                    if (size is null) throw new UserError(Bad("a JPEG scan before its frame header"));
+                    while (pos + 1 < d.Length && !(d[pos] == 0xFF && d[pos + 1] != 0 && d[pos + 1] is not (>= 0xD0 and <= 0xD7))) pos++;
+                }
             }
+            return size ?? throw new UserError(Bad("a JPEG without a frame header"));
         }
-        catch (EndOfStreamException) { return null; }
+        throw new UserError(Bad("not a PNG or JPEG file"));
     }
 
     /// <summary>Resized with bilinear filtering (antialiased when shrinking).</summary>

@@ -10,7 +10,7 @@ namespace PromptToPrompt.Loading;
 /// <summary>One tensor entry of a safetensors header.</summary>
 public sealed record SafetensorsEntry(string Name, string DType, long[] Shape, long Begin, long End)
 {
-    public long ElementCount => Shape.Aggregate(1L, (a, b) => a * b);
+    public long ElementCount => Shape.Aggregate(1L, (a, b) => checked(a * b));
 }
 
 /// <summary>

@@ -119,11 +119,14 @@ public sealed record EditSpec
     static readonly HashSet<string> TopFields = ["model", "prompts", "steps", "guidance_scale", "scheduler", "seed", "latent", "width", "height", "negative_prompt"];
     static readonly HashSet<string> EditFields = ["edit", "cross_replace_steps", "self_replace_steps", "local_blend", "equalizer", "base", "variant", "reference_mapper_defect"];
 
+    /// <summary>How a spec's JSON is read: a field given twice is refused (invalid JSON), not an error later.</summary>
+    public static readonly JsonDocumentOptions JsonOptions = new() { AllowDuplicateProperties = false };
+
     public static EditSpec Load(string path)
     {
         if (!File.Exists(path)) throw new UserError($"Spec file not found: {path}.");
         JsonObject root;
-        try { root = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new UserError($"{path}: the spec must be a JSON object."); }
+        try { root = JsonNode.Parse(File.ReadAllText(path), documentOptions: JsonOptions) as JsonObject ?? throw new UserError($"{path}: the spec must be a JSON object."); }
         catch (JsonException e) { throw new UserError($"{path} is not valid JSON: {e.Message}"); }
         var spec = Parse(root, path);
         var dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
@@ -208,25 +211,23 @@ public sealed record EditSpec
         if (node is not JsonObject perWord) return new CrossReplaceSteps(ParseWindow(node, where + ": cross_replace_steps"));
         var def = perWord["default_"] is { } d ? ParseWindow(d, where + ": cross_replace_steps.default_") : new StepWindow(0, 1);
         var words = perWord.Where(kv => kv.Key != "default_")
-            .ToDictionary(kv => kv.Key, kv => ParseWindow(kv.Value!, $"{where}: cross_replace_steps.{kv.Key}"));
+            .ToDictionary(kv => kv.Key, kv => ParseWindow(kv.Value, $"{where}: cross_replace_steps.{kv.Key}"));
         return new CrossReplaceSteps(def, words);
     }
 
     /// <summary>A fraction f (meaning [0, f]) or a [start, end] pair, each in [0, 1].</summary>
-    public static StepWindow ParseWindow(JsonNode node, string what)
+    public static StepWindow ParseWindow(JsonNode? node, string what)
     {
-        try
-        {
-            var w = node is JsonArray a
-                ? a.Count == 2 ? new StepWindow(a[0]!.GetValue<double>(), a[1]!.GetValue<double>()) : throw new UserError($"{what}: a window is [start, end]; got {node.ToJsonString()}.")
-                : StepWindow.Until(node.GetValue<double>());
-            return w.Validated(what);
-        }
-        catch (Exception e) when (e is InvalidOperationException or FormatException)
-        {
-            throw new UserError($"{what}: expected a fraction or a [start, end] pair of fractions in [0, 1]; got {node.ToJsonString()}.");
-        }
+        string Expected() => $"{what}: expected a fraction or a [start, end] pair of fractions in [0, 1]; got {node?.ToJsonString() ?? "null"}.";
+        var w = node is JsonArray a
+            ? a.Count == 2 ? new StepWindow(Number(a[0], Expected), Number(a[1], Expected)) : throw new UserError($"{what}: a window is [start, end]; got {node.ToJsonString()}.")
+            : StepWindow.Until(Number(node, Expected));
+        return w.Validated(what);
     }
+
+    /// <summary>A JSON number, or the error <paramref name="expected"/> describes (null, text, out of range).</summary>
+    static double Number(JsonNode? node, Func<string> expected) =>
+        node is JsonValue v && v.TryGetValue<double>(out var d) && double.IsFinite(d) ? d : throw new UserError(expected());
 
     static List<(string, double)> ParseEqualizer(JsonNode node, string where)
     {
@@ -247,8 +248,9 @@ public sealed record EditSpec
         double threshold = 0.3, subtractThreshold = 0.3;
         if (o["threshold"] is JsonArray pair && pair.Count == 2)
         {
-            threshold = pair[0]!.GetValue<double>();
-            subtractThreshold = pair[1]!.GetValue<double>();
+            string Expected() => $"{where}: local_blend.threshold: expected a number or a pair of numbers; got {pair.ToJsonString()}.";
+            threshold = Number(pair[0], Expected);
+            subtractThreshold = Number(pair[1], Expected);
         }
         else if (o["threshold"] is not null) threshold = Get<double?>(o, "threshold", where + ": local_blend") ?? 0.3;
         if (variant == ReferenceVariant.PromptToPrompt && (o["start_blend"] is not null || o["substruct_words"] is not null || o["threshold"] is JsonArray))
@@ -263,7 +265,8 @@ public sealed record EditSpec
         if (node is not JsonArray a) throw new UserError($"{what}: expected one list of words per prompt.");
         return a.Select(x => x switch
         {
-            JsonArray inner => (IReadOnlyList<string>)inner.Select(w => w!.GetValue<string>()).ToList(),
+            JsonArray inner => (IReadOnlyList<string>)inner.Select(w => w is JsonValue wv && wv.TryGetValue<string>(out var word)
+                ? word : throw new UserError($"{what}: expected words (strings); got {w?.ToJsonString() ?? "null"}.")).ToList(),
             JsonValue v when v.TryGetValue<string>(out var s) => [s],
             _ => throw new UserError($"{what}: expected words (strings)."),
         }).ToList();
