@@ -190,10 +190,9 @@ public sealed class Editor : IDisposable
         settings.Validate();
         CheckSize(width, height);
         // The size from the header first, so a small file claiming a huge image is refused before it is decoded.
-        if (StbImageSharp.ImageInfo.FromStream(new MemoryStream(image)) is not { } info)
-            throw new UserError("The photo could not be read as an image. Upload a PNG or JPEG file.");
-        if ((long)info.Width * info.Height > Limits.MaxPixels)
-            throw new UserError($"The photo has {info.Width}x{info.Height} pixels; this server takes at most {Limits.MaxPixels} pixels.");
+        var (w, h) = RgbImage.ReadSize(image, "The photo");
+        if ((long)w * h > Limits.MaxPixels)
+            throw new UserError($"The photo has {w}x{h} pixels; this server takes at most {Limits.MaxPixels} pixels.");
         RgbImage.Decode(new MemoryStream(image), "The photo");
         return Jobs.Enqueue("invert", ctx =>
         {

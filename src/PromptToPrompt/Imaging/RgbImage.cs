@@ -58,7 +58,7 @@ public sealed record RgbImage(int Width, int Height, byte[] Pixels)
             }
             data = copy.ToArray();
         }
-        var (w, h) = CheckStructure(data, name);
+        var (w, h) = ReadSize(data, name);
         if ((long)w * h > MaxPixels)
             throw new UserError($"{name} is {w}x{h} pixels, more than the {MaxPixels / 1_000_000} megapixels " +
                                 "(8192x8192) p2p reads. Shrink it first; editing works at the model's size anyway.");
@@ -76,8 +76,9 @@ public sealed record RgbImage(int Width, int Height, byte[] Pixels)
     }
 
     /// <summary>Width and height of a complete PNG (IHDR first, chunks inside the file, IEND) or JPEG (segments
-    /// inside the file, a start-of-frame before the scan, EOI at the end); anything else is refused.</summary>
-    static (int Width, int Height) CheckStructure(byte[] d, string name)
+    /// inside the file, a start-of-frame before the scan, EOI at the end), without decoding; anything else is
+    /// refused with a <see cref="UserError"/> naming <paramref name="name"/>.</summary>
+    public static (int Width, int Height) ReadSize(byte[] d, string name)
     {
         string Bad(string why) => $"{name} could not be read as an image ({why}). Use a PNG or JPEG file.";
         static int Big16(byte[] b, long o) => (b[o] << 8) | b[o + 1];
