@@ -148,6 +148,8 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
         { "instruct|--model|{model}|--image|{photo}|--instruction|make it blue|--out|{out}/i.png", "is not an InstructPix2Pix model" },
         { "instruct|--model|{ip2p}|--image|{photo}|--instruction| |--out|{out}/i.png", "instruction" },
         { "instruct|--model|{ip2p}|--image|{photo}|--instruction|make it blue|--image-guidance|nan|--out|{out}/i.png", "'nan' is not a finite number" },
+        { EditDog.Replace("{model}", "{ip2p}"), "is an InstructPix2Pix model" },
+        { "invert|--model|{ip2p}|--image|{photo}|--prompt|x|--out|{out}/inv.safetensors", "use p2p instruct with it" },
         // sweeps
         { EditDog.Replace("edit|", "sweep|") + "|--cross-replace|0.2,abc", "abc" },
     };
