@@ -189,11 +189,8 @@ public sealed class Editor : IDisposable
         if (string.IsNullOrWhiteSpace(prompt)) throw new UserError("Describe the photo: an inversion needs the prompt it is inverted with.");
         settings.Validate();
         CheckSize(width, height);
-        // The size from the header first, so a small file claiming a huge image is refused before it is decoded.
-        var (w, h) = RgbImage.ReadSize(image, "The photo");
-        if ((long)w * h > Limits.MaxPixels)
-            throw new UserError($"The photo has {w}x{h} pixels; this server takes at most {Limits.MaxPixels} pixels.");
-        RgbImage.Decode(new MemoryStream(image), "The photo");
+        // Decode checks the structure and the size in the header before decoding anything.
+        RgbImage.Decode(new MemoryStream(image), "The photo", Limits.MaxPixels);
         return Jobs.Enqueue("invert", ctx =>
         {
             var path = Path.Combine(ctx.Folder, "photo" + (image is [0x89, ..] ? ".png" : ".jpg"));

@@ -10,7 +10,7 @@ namespace PromptToPrompt.Imaging;
 /// </summary>
 public static class Png
 {
-    static readonly byte[] Signature = [137, 80, 78, 71, 13, 10, 26, 10];
+    internal static readonly byte[] Signature = [137, 80, 78, 71, 13, 10, 26, 10];
 
     public static byte[] Encode(RgbImage image, IReadOnlyDictionary<string, string>? text = null)
     {
@@ -68,22 +68,16 @@ public static class Png
 
     /// <summary>
     /// The tEXt and iTXt entries of PNG bytes (<paramref name="name"/> names them in errors). A file that is not a
-    /// PNG, or whose chunks run past its end, is refused; an entry without its separators is skipped; compressed iTXt
+    /// complete PNG is refused (<see cref="Chunks"/>); an entry without its separators is skipped; compressed iTXt
     /// entries are skipped (this project writes them uncompressed).
     /// </summary>
     public static Dictionary<string, string> ReadText(byte[] data, string name)
     {
-        if (data.Length < 8 || !data.AsSpan(0, 8).SequenceEqual(Signature))
-            throw new UserError($"{name} is not a PNG file, so it carries no PNG metadata.");
+        if (!IsPng(data)) throw new UserError($"{name} is not a PNG file, so it carries no PNG metadata.");
         var result = new Dictionary<string, string>();
-        long pos = 8;
-        while (pos + 8 <= data.Length)
+        foreach (var (type, start, length) in Chunks(data, name))
         {
-            long length = ReadBigEndian(data, (int)pos);
-            if (length > data.Length - pos - 12)
-                throw new UserError($"{name}: a PNG chunk at byte {pos} claims {length} bytes, past the end of the file. The file is truncated or corrupt.");
-            string type = Encoding.ASCII.GetString(data, (int)pos + 4, 4);
-            var body = data.AsSpan((int)pos + 8, (int)length);
+            var body = data.AsSpan(start, length);
             int zero = body.IndexOf((byte)0);
             if (type == "tEXt" && zero > 0)
                 result[Encoding.Latin1.GetString(body[..zero])] = Encoding.Latin1.GetString(body[(zero + 1)..]);
@@ -95,10 +89,28 @@ public static class Png
                 if (translated >= 0)
                     result[Encoding.Latin1.GetString(body[..zero])] = Encoding.UTF8.GetString(rest[(lang + 1 + translated + 1)..]);
             }
-            if (type == "IEND") break;
-            pos += 12 + length;
         }
         return result;
+    }
+
+    internal static bool IsPng(byte[] data) => data.Length >= 8 && data.AsSpan(0, 8).SequenceEqual(Signature);
+
+    /// <summary>Every chunk of PNG bytes up to IEND as (type, start of its data, length), refusing with a
+    /// <see cref="UserError"/> a chunk that runs past the end or a file that ends before IEND.</summary>
+    internal static IEnumerable<(string Type, int Start, int Length)> Chunks(byte[] data, string name)
+    {
+        for (long pos = 8; ; )
+        {
+            if (pos + 12 > data.Length)
+                throw new UserError($"{name} could not be read as an image (truncated: the PNG ends before its IEND chunk). Use a PNG or JPEG file.");
+            long length = ReadBigEndian(data, (int)pos);
+            if (length > data.Length - pos - 12)
+                throw new UserError($"{name} could not be read as an image (truncated: a PNG chunk at byte {pos} runs past the end). Use a PNG or JPEG file.");
+            string type = Encoding.ASCII.GetString(data, (int)pos + 4, 4);
+            yield return (type, (int)pos + 8, (int)length);
+            if (type == "IEND") yield break;
+            pos += 12 + length;
+        }
     }
 
     static void WriteChunk(Stream s, string type, byte[] data)
@@ -136,5 +148,5 @@ public static class Png
         buffer[offset + 3] = (byte)value;
     }
 
-    static uint ReadBigEndian(byte[] b, int o) => (uint)(b[o] << 24 | b[o + 1] << 16 | b[o + 2] << 8 | b[o + 3]);
+    internal static uint ReadBigEndian(byte[] b, int o) => (uint)(b[o] << 24 | b[o + 1] << 16 | b[o + 2] << 8 | b[o + 3]);
 }

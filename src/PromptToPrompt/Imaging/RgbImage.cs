@@ -41,9 +41,10 @@ public sealed record RgbImage(int Width, int Height, byte[] Pixels)
     /// Decodes PNG or JPEG bytes (any channel layout) as RGB; <paramref name="name"/> names them in errors. Before
     /// anything is decoded, the file's structure is walked (every PNG chunk or JPEG segment inside the file, up to
     /// IEND or EOI), so a truncated file is refused rather than handed to the decoder (stb_image loops forever on
-    /// some truncated JPEGs), and the size in the header is checked against <see cref="MaxPixels"/>.
+    /// some truncated JPEGs), and the size in the header is checked against <paramref name="maxPixels"/> (at most
+    /// <see cref="MaxPixels"/>).
     /// </summary>
-    public static RgbImage Decode(Stream stream, string name)
+    public static RgbImage Decode(Stream stream, string name, long maxPixels = MaxPixels)
     {
         byte[] data;
         using (var copy = new MemoryStream())
@@ -59,9 +60,9 @@ public sealed record RgbImage(int Width, int Height, byte[] Pixels)
             data = copy.ToArray();
         }
         var (w, h) = ReadSize(data, name);
-        if ((long)w * h > MaxPixels)
-            throw new UserError($"{name} is {w}x{h} pixels, more than the {MaxPixels / 1_000_000} megapixels " +
-                                "(8192x8192) p2p reads. Shrink it first; editing works at the model's size anyway.");
+        if ((long)w * h > Math.Min(maxPixels, MaxPixels))
+            throw new UserError($"{name} has {w}x{h} pixels; at most {Math.Min(maxPixels, MaxPixels)} are read. " +
+                                "Shrink it first; editing works at the model's size anyway.");
         try
         {
             var img = StbImageSharp.ImageResult.FromMemory(data, StbImageSharp.ColorComponents.RedGreenBlue);
@@ -78,23 +79,15 @@ public sealed record RgbImage(int Width, int Height, byte[] Pixels)
     /// <summary>Width and height of a complete PNG (IHDR first, chunks inside the file, IEND) or JPEG (segments
     /// inside the file, a start-of-frame before the scan, EOI at the end), without decoding; anything else is
     /// refused with a <see cref="UserError"/> naming <paramref name="name"/>.</summary>
-    public static (int Width, int Height) ReadSize(byte[] d, string name)
+    static (int Width, int Height) ReadSize(byte[] d, string name)
     {
         string Bad(string why) => $"{name} could not be read as an image ({why}). Use a PNG or JPEG file.";
         static int Big16(byte[] b, long o) => (b[o] << 8) | b[o + 1];
-        static long Big32(byte[] b, long o) => (uint)((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]);
-        if (d.Length >= 8 && d.AsSpan(0, 8).SequenceEqual((byte[])[0x89, (byte)'P', (byte)'N', (byte)'G', 0x0D, 0x0A, 0x1A, 0x0A]))
+        if (Png.IsPng(d))
         {
-            if (d.Length < 33 || Encoding.ASCII.GetString(d, 12, 4) != "IHDR") throw new UserError(Bad("no PNG header"));
-            long width = Big32(d, 16), height = Big32(d, 20);
-            for (long pos = 8; ; )
-            {
-                if (pos + 12 > d.Length) throw new UserError(Bad("truncated: the PNG ends before its IEND chunk"));
-                long length = Big32(d, pos);
-                if (length > d.Length - pos - 12) throw new UserError(Bad($"truncated: a PNG chunk at byte {pos} runs past the end"));
-                if (Encoding.ASCII.GetString(d, (int)pos + 4, 4) == "IEND") break;
-                pos += 12 + length;
-            }
+            var chunks = Png.Chunks(d, name).ToList();
+            if (chunks[0] is not ("IHDR", _, >= 8)) throw new UserError(Bad("no PNG header"));
+            long width = Png.ReadBigEndian(d, chunks[0].Start), height = Png.ReadBigEndian(d, chunks[0].Start + 4);
             return ((int)Math.Min(width, int.MaxValue), (int)Math.Min(height, int.MaxValue));
         }
         if (d.Length >= 3 && d[0] == 0xFF && d[1] == 0xD8)

@@ -84,9 +84,10 @@ public sealed record InversionFile(Tensor XT, Tensor NullEmbeddings, IReadOnlyDi
             throw new UserError($"{path} is a direct inversion without its trajectory (tensor 'ddim_latents'). Invert the photo again.");
         var ddim = direct ? file.ReadUserTensor("ddim_latents", 4, again) : null;
         var result = new InversionFile(xT, nulls, file.Metadata, ddim);
-        if (xT.dim() != 4 || xT.shape[0] != 1 || nulls.dim() != 3 || nulls.shape[0] != result.Steps
-            || (ddim is not null && (ddim.dim() != 4 || ddim.shape[0] != result.Steps + 1 || !ddim.shape[1..].SequenceEqual(xT.shape[1..]))))
-            throw new UserError($"{path}: x_T [{string.Join(",", xT.shape)}], null_embeddings [{string.Join(",", nulls.shape)}] or ddim_latents do not fit {result.Steps} steps. The file is corrupt: invert again.");
+        // The ranks are checked by ReadUserTensor; here, that the shapes fit the steps and each other.
+        if (xT.shape[0] != 1 || nulls.shape[0] != steps
+            || (ddim is not null && (ddim.shape[0] != steps + 1 || !ddim.shape[1..].SequenceEqual(xT.shape[1..]))))
+            throw new UserError($"{path}: x_T [{string.Join(",", xT.shape)}], null_embeddings [{string.Join(",", nulls.shape)}] or ddim_latents do not fit {steps} steps. The file is corrupt: invert again.");
         return result;
     }
 

@@ -131,13 +131,9 @@ public static class Mojibake
                 m => m.Length < text.Length && IsBad(m.Value) ? FixEncoding(m.Value) : m.Value);
             if (fixedText != text) return fixedText;
         }
-        if (possible.Contains("latin-1"))
-        {
-            // Text that is Latin-1 and Windows-1252 at once is probably meant; Latin-1 with C1 controls was
-            // meant to be Windows-1252.
-            if (possible.Contains("sloppy-windows-1252")) return text;
-        }
-        return FixC1Controls(text);
+        // Text that is Latin-1 and Windows-1252 at once is probably meant; otherwise its C1 controls were meant
+        // to be Windows-1252.
+        return possible.Contains("latin-1") && possible.Contains("sloppy-windows-1252") ? text : FixC1Controls(text);
     }
 
     static string RestoreByteA0(string bytes)
@@ -148,7 +144,7 @@ public static class Mojibake
 
     static string? DecodeUtf8(string bytes)
     {
-        try { return StrictUtf8.GetString(Latin1Bytes(bytes)); }
+        try { return StrictUtf8.GetString(Encoding.Latin1.GetBytes(bytes)); }
         catch (DecoderFallbackException) { return null; }
     }
 
@@ -181,7 +177,6 @@ public static class Mojibake
         return text.Append(rest).ToString();
     }
 
-    static byte[] Latin1Bytes(string bytes) => bytes.Select(c => (byte)c).ToArray();
 
     /// <summary>One of ftfy's single-byte encodings: the character of every byte, and back.</summary>
     sealed class Codec(string name, bool sloppy, char[] table)

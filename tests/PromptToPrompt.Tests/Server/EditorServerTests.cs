@@ -288,7 +288,7 @@ public sealed class EditorServerTests : IClassFixture<EditorServerTests.Shared>
         using var bombForm = new MultipartFormDataContent { { new ByteArrayContent(bombBytes), "image", "bomb.png" }, { new StringContent("a red circle"), "prompt" } };
         using var bomb = await _s.Http.PostAsync("api/invert", bombForm);
         Assert.Equal(HttpStatusCode.BadRequest, bomb.StatusCode);
-        Assert.Contains("The photo has 10000x10000 pixels; this server takes at most", await bomb.Content.ReadAsStringAsync());
+        Assert.Contains("The photo has 10000x10000 pixels; at most 16777216 are read.", await bomb.Content.ReadAsStringAsync());
         using var missing = await _s.Http.GetAsync("api/jobs/19700101-000000-9999");
         Assert.Equal(HttpStatusCode.NotFound, missing.StatusCode);
         using var file = await _s.Http.GetAsync("api/jobs/19700101-000000-9999/files/..%2F..%2Fetc%2Fpasswd");

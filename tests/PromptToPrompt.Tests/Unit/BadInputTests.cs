@@ -140,9 +140,9 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
         { EditDog + "|--image|{files}/text.txt", "text.txt" },
         { EditDog + "|--image|{files}/empty.png", "empty.png" },
         { EditDog + "|--image|{files}/cut.png", "cut.png could not be read as an image" },
-        { EditDog + "|--image|{files}/huge.png", "is 60000x60000 pixels" },
-        { EditDog + "|--image|{files}/huge.jpg", "is 50000x50000 pixels" },
-        { "invert|--model|{model}|--image|{files}/huge.png|--prompt|x|--out|{out}/inv.safetensors", "is 60000x60000 pixels" },
+        { EditDog + "|--image|{files}/huge.png", "has 60000x60000 pixels; at most 67108864 are read" },
+        { EditDog + "|--image|{files}/huge.jpg", "has 50000x50000 pixels; at most 67108864 are read" },
+        { "invert|--model|{model}|--image|{files}/huge.png|--prompt|x|--out|{out}/inv.safetensors", "has 60000x60000 pixels; at most 67108864 are read" },
         { "invert|--model|{model}|--image|{files}/missing.png|--prompt|x|--out|{out}/inv.safetensors", "missing.png" },
         // instruction edits
         { "instruct|--model|{model}|--image|{photo}|--instruction|make it blue|--out|{out}/i.png", "is not an InstructPix2Pix model" },

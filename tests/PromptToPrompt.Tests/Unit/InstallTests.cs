@@ -7,7 +7,6 @@ namespace PromptToPrompt.Tests.Unit;
 /// into a tool path, both run from an unrelated folder with the shipped model that travels with them.</summary>
 public class InstallTests
 {
-    const string Edit = "edit --prompt \"a large red circle on a white background\" --target \"a large blue circle on a white background\"";
     static readonly Dictionary<string, string?> NoDefaultModel = new() { ["P2P_DEFAULT_MODEL"] = null };
 
     [Fact]
@@ -64,12 +63,10 @@ public class InstallTests
         var install = Run("dotnet", ["tool", "install", "--tool-path", toolPath, "--add-source", nupkg, "p2p"]);
         Assert.True(install.Code == 0, install.Out + install.Err);
         var work = Directory.CreateDirectory(dir.File("somewhere-else")).FullName;
-        var (code, stdout, stderr) = Run(Path.Combine(toolPath, "p2p"), [.. SplitArgs(Edit), "--steps", "4", "--seed", "3", "--out", "out"], NoDefaultModel, work);
+        var (code, stdout, stderr) = Run(Path.Combine(toolPath, "p2p"), ["edit", "--prompt", "a large red circle on a white background",
+            "--target", "a large blue circle on a white background", "--steps", "4", "--seed", "3", "--out", "out"], NoDefaultModel, work);
         Assert.True(code == 0, stderr);
         Assert.Contains(Path.Combine(toolPath, ".store"), stderr);  // "loading <the model inside the installed tool>"
         Assert.True(File.Exists(Path.Combine(work, "out", "grid.png")), stdout);
     }
-
-    static string[] SplitArgs(string line) =>
-        line.Split('"').SelectMany((part, i) => i % 2 == 1 ? [part] : part.Split(' ', StringSplitOptions.RemoveEmptyEntries)).ToArray();
 }
