@@ -1,7 +1,7 @@
 // The editor page. It talks to the JSON API only (see README, "p2p serve"); every edit is a spec as p2p edit --spec takes.
 "use strict";
 const $ = id => document.getElementById(id);
-const state = { info: null, source: null, photo: null, current: null, words: {}, diff: null, viewed: null };
+const state = { jobs: {}, info: null, source: null, photo: null, current: null, words: {}, diff: null, viewed: null };
 
 async function api(method, url, body) {
   const init = { method, headers: {} };
@@ -59,6 +59,8 @@ async function run(kind, body) {
     const { job } = await api("POST", `/api/${kind}`, body);
     state.current = job;
     $("cancel").disabled = false;
+    // A short job can finish before its id comes back: its events were kept, so show where it is now.
+    if (state.jobs[job]) follow(state.jobs[job]);
   } catch (e) { showError(e.message); }
 }
 
@@ -246,8 +248,13 @@ function addHistory(job) {
 const events = new EventSource("/api/events");
 events.addEventListener("job", e => {
   const job = JSON.parse(e.data);
+  state.jobs[job.id] = job;
   addHistory(job);
-  if (job.id !== state.current) return;
+  if (job.id === state.current) follow(job);
+});
+
+// The page's progress and results follow the job the user started last.
+function follow(job) {
   const p = job.progress;
   if (job.state === "running" && job.preview) { $("preview").src = job.preview; $("preview").hidden = false; }
   if (job.state === "running" && p) {
@@ -271,7 +278,7 @@ events.addEventListener("job", e => {
       updateDiff();
     }
   }
-});
+}
 
 // Photos: drop or choose a PNG/JPEG; one of our PNGs (or an A1111 PNG) restores its settings instead.
 async function takeFile(file) {

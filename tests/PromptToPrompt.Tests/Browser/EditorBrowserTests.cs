@@ -28,7 +28,7 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
         _page = await _browser.NewPageAsync(new() { ViewportSize = new() { Width = 1280, Height = 900 } });
         _page.Console += (_, m) => output.WriteLine($"console: {m.Text}");
         await _page.GotoAsync(_server.Url);
-        await _page.WaitForFunctionAsync("() => document.querySelector('#scheduler').options.length > 0");
+        await Until("() => document.querySelector('#scheduler').options.length > 0", 30);
     }
 
     public async Task DisposeAsync()
@@ -49,10 +49,20 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
     /// <summary>Waits until the page shows <paramref name="count"/> result images, all loaded; returns their sources.</summary>
     async Task<string[]> Images(int count)
     {
-        await _page.WaitForFunctionAsync(
-            $"() => {{ const i = [...document.querySelectorAll('#images figure img')]; return i.length === {count} && i.every(x => x.complete && x.naturalWidth > 0); }}",
-            null, new() { Timeout = 120_000 });
+        await Until($"() => {{ const i = [...document.querySelectorAll('#images figure img')]; return i.length === {count} && i.every(x => x.complete && x.naturalWidth > 0); }}");
         return [.. await _page.Locator("#images figure img").EvaluateAllAsync<string[]>("i => i.map(x => x.src)")];
+    }
+
+    /// <summary>Waits for a condition of the page; on a timeout, says what the page and the server's jobs showed.</summary>
+    async Task Until(string condition, int seconds = 120)
+    {
+        try { await _page.WaitForFunctionAsync(condition, null, new() { Timeout = seconds * 1000 }); }
+        catch (TimeoutException)
+        {
+            var shown = await _page.EvaluateAsync<string>("() => `progress '${document.querySelector('#progressText').textContent}', error '${document.querySelector('#error').textContent}', ${document.querySelectorAll('#images figure img').length} images`");
+            var jobs = string.Join("; ", _server.Editor.Jobs.All.Select(j => $"{j.Kind} {j.Id} {j.State}"));
+            throw new TimeoutException($"Waited {seconds} s for {condition}. The page shows {shown}; the server's jobs: {jobs}.");
+        }
     }
 
     async Task<string> Pixels(int index) =>
@@ -83,7 +93,7 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
     {
         await Generate();
         await _page.Locator("#target").FillAsync(Source.Replace("red", "blue"));
-        await _page.WaitForFunctionAsync("() => document.querySelector('#diff .word.swapped')?.textContent.trim() === 'blue'");
+        await Until("() => document.querySelector('#diff .word.swapped')?.textContent.trim() === 'blue'", 30);
         Assert.Contains("replace: 1 word swapped", await _page.Locator("#diff .note").TextContentAsync());
         // Responsiveness (README): from the click on Edit of a generated source to the edited image on screen.
         var clock = System.Diagnostics.Stopwatch.StartNew();
@@ -97,14 +107,13 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
         // Hovering a token of the edited prompt overlays its attention map on that image.
         var token = _page.Locator("#images figure").Nth(1).Locator(".token", new() { HasText = "blue" });
         await token.HoverAsync();
-        await _page.WaitForFunctionAsync("() => { const i = document.querySelectorAll('#images figure img')[1]; return i.src.includes('/attention?prompt=1&token=3') && i.complete && i.naturalWidth > 0; }");
+        await Until("() => { const i = document.querySelectorAll('#images figure img')[1]; return i.src.includes('/attention?prompt=1&token=3') && i.complete && i.naturalWidth > 0; }", 30);
         await Shot("attention");
 
         // Re-weighting "blue" with its slider and running again changes the edit.
         await _page.Locator(".wordrow", new() { HasText = "blue" }).Locator("input.weight").FillAsync("5");
         await _page.Locator("#edit").ClickAsync();
-        await _page.WaitForFunctionAsync($"() => document.querySelectorAll('#images figure img')[1]?.dataset.src !== '{new Uri(first[1]).PathAndQuery}'",
-            null, new() { Timeout = 120_000 });
+        await Until($"() => document.querySelectorAll('#images figure img')[1]?.dataset.src !== '{new Uri(first[1]).PathAndQuery}'");
         await Images(2);
         Assert.NotEqual(swapped, await Pixels(1));
         Assert.Equal(3, await _page.Locator("#jobs li.done").CountAsync()); // generate and two edits in the history
@@ -112,8 +121,7 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
         // Self-attention components on demand, at the chosen grid.
         await _page.Locator("#grid").SelectOptionAsync("8");
         await _page.Locator("#selfComponents").ClickAsync();
-        await _page.WaitForFunctionAsync("() => [...document.querySelectorAll('#images figcaption')].some(c => c.textContent.endsWith('self components'))",
-            null, new() { Timeout = 120_000 });
+        await Until("() => [...document.querySelectorAll('#images figcaption')].some(c => c.textContent.endsWith('self components'))");
         await Images(4); // tokens and components of both prompts
         await Shot("self-components");
     }
@@ -131,7 +139,7 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
         Assert.Matches(@"reconstruction PSNR \d+\.\d+ dB", await _page.Locator("#progressText").TextContentAsync());
         await _page.Locator("#target").FillAsync(prompt.Replace("purple", "orange"));
         await _page.Locator("#edit").ClickAsync();
-        await _page.WaitForFunctionAsync("() => document.querySelector('#jobs li.done:first-child a')?.textContent.startsWith('edit') === true", null, new() { Timeout = 120_000 });
+        await Until("() => document.querySelector('#jobs li.done:first-child a')?.textContent.startsWith('edit') === true");
         await Images(2);
         await Shot("photo-edit");
 
@@ -140,7 +148,7 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
         await Fill("#prompt", "something else");
         await Fill("#steps", "33");
         await DropFile(png);
-        await _page.WaitForFunctionAsync("() => document.querySelector('#progressText').textContent.includes('restored')");
+        await Until("() => document.querySelector('#progressText').textContent.includes('restored')", 30);
         Assert.Equal(prompt, await _page.Locator("#prompt").InputValueAsync());
         Assert.Equal(prompt.Replace("purple", "orange"), await _page.Locator("#target").InputValueAsync());
         Assert.Equal("10", await _page.Locator("#steps").InputValueAsync());
@@ -154,7 +162,7 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
         });
         await _page.EvaluateAsync("() => { document.querySelector('#progressText').textContent = ''; }");
         await DropFile(a1111);
-        await _page.WaitForFunctionAsync("() => document.querySelector('#progressText').textContent.includes('restored')");
+        await Until("() => document.querySelector('#progressText').textContent.includes('restored')", 30);
         Assert.Equal("a small red star on a black background", await _page.Locator("#prompt").InputValueAsync());
         Assert.Equal("blurry", await _page.Locator("#negative").InputValueAsync());
         Assert.Equal(("23", "6.5", "42", "64"), (await _page.Locator("#steps").InputValueAsync(), await _page.Locator("#guidance").InputValueAsync(),
@@ -167,10 +175,10 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
         await Fill("#prompt", Source);
         await Fill("#steps", "900");
         await _page.Locator("#generate").ClickAsync();
-        await _page.WaitForFunctionAsync("() => /sampling [1-9]\\d*\\/900/.test(document.querySelector('#progressText').textContent)");
+        await Until("() => /sampling [1-9]\\d*\\/900/.test(document.querySelector('#progressText').textContent)", 30);
         Assert.Contains("it/s", await _page.Locator("#progressText").TextContentAsync());
         await _page.Locator("#cancel").ClickAsync();
-        await _page.WaitForFunctionAsync("() => document.querySelector('#progressText').textContent === 'cancelled'", null, new() { Timeout = 10_000 });
+        await Until("() => document.querySelector('#progressText').textContent === 'cancelled'", 10);
         Assert.Equal(1, await _page.Locator("#jobs li.cancelled").CountAsync());
     }
 
