@@ -1,7 +1,9 @@
 using System.CommandLine;
+using PromptToPrompt.Control;
 using PromptToPrompt.Imaging;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Pipelines;
+using PromptToPrompt.Text;
 
 namespace PromptToPrompt.Cli;
 
@@ -18,12 +20,13 @@ static class GenerateCommand
         var overwrite = CliSupport.Overwrite();
         var output = new Option<string>("--out", "-o") { Description = "Output PNG (with several prompts: NAME_0.png, NAME_1.png, ...).", Required = true };
         var excite = ExciteOptions.Create();
+        var boxes = BoxOptions.Create();
 
         var command = new Command("generate", "Generate images from text.")
         {
             model, prompt, saveLatents, overwrite, output,
         };
-        foreach (var o in sampling.All.Concat(modelOptions.All).Concat(excite.All)) command.Options.Add(o);
+        foreach (var o in sampling.All.Concat(modelOptions.All).Concat(excite.All).Concat(boxes.All)) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             var prompts = r.GetValue(prompt)!;
@@ -35,7 +38,7 @@ static class GenerateCommand
             using var _ = initial;
             using var sd = modelOptions.Load(r, r.GetValue(model));
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
-            var request = sampling.Request(r, prompts, initial, seedValue) with { Excite = excite.Settings(r, sd, prompts) };
+            var request = sampling.Request(r, prompts, initial, seedValue) with { Excite = excite.Settings(r, sd, prompts), Boxes = boxes.Settings(r, sd, prompts) };
             var result = pipeline.Generate(request, new ConsoleProgress("denoising"), null, CliSupport.Cancellation);
             if (result.Excite is { } steps) Console.Error.WriteLine(ExciteOptions.Summary(steps));
             using (result.Latents)
@@ -65,6 +68,37 @@ static class GenerateCommand
         if (count == 1) return [path];
         var stem = path[..^4];
         return Enumerable.Range(0, count).Select(i => $"{stem}_{i}.png").ToArray();
+    }
+}
+
+/// <summary>The Directed Diffusion options (<c>--box word=left,right,top,bottom</c>, repeatable, and its settings).</summary>
+sealed record BoxOptions(Option<string[]> Boxes, Option<int> Steps, Option<int> Trailing, Option<double> Strength)
+{
+    public static BoxOptions Create() => new(
+        new Option<string[]>("--box")
+        {
+            Description = "Directed Diffusion: place a word's object in a box, word=left,right,top,bottom as fractions of the image (repeat for more objects).",
+            AllowMultipleArgumentsPerToken = false,
+        },
+        new Option<int>("--box-steps") { Description = "Edit the attention during the first N steps (the reference's num_affected_steps).", DefaultValueFactory = _ => 10 },
+        new Option<int>("--box-trailing") { Description = "Trailing attention maps (end token and padding) edited with each object (num_trailing_attn).", DefaultValueFactory = _ => 10 },
+        new Option<double>("--box-strength") { Description = "Amplification of the attention inside a box (the reference's noise_scale).", DefaultValueFactory = _ => 1.0 });
+
+    public IEnumerable<Option> All => [Boxes, Steps, Trailing, Strength];
+
+    public DirectedSettings? Settings(ParseResult r, StableDiffusionModel model, IReadOnlyList<string> prompts)
+    {
+        if (r.GetValue(Boxes) is not { Length: > 0 } given) return null;
+        if (prompts.Count != 1) throw new UserError("--box places the objects of one prompt at a time: give a single --prompt.");
+        var regions = given.Select(text =>
+        {
+            int eq = text.IndexOf('=');
+            if (eq <= 0) throw new UserError($"--box {text}: write word=left,right,top,bottom, e.g. --box \"cat=0,0.5,0,1\".");
+            return new DirectedRegion(PromptWords.RequireTokenPositions(model.Tokenizer, prompts[0], text[..eq].Trim()), Box.Parse(text[(eq + 1)..], $"--box {text}"));
+        }).ToList();
+        var settings = new DirectedSettings { Regions = regions, Steps = r.GetValue(Steps), Trailing = r.GetValue(Trailing), Strength = r.GetValue(Strength) };
+        settings.Validate();
+        return settings;
     }
 }
 

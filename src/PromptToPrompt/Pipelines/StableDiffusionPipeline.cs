@@ -37,6 +37,8 @@ public sealed record GenerationRequest
     public int? Height { get; init; }
     /// <summary>Attend-and-Excite on the (single) prompt; null = plain generation.</summary>
     public ExciteSettings? Excite { get; init; }
+    /// <summary>Directed Diffusion: objects of the (single) prompt placed in boxes; null = none.</summary>
+    public DirectedSettings? Boxes { get; init; }
     /// <summary>
     /// Per-step unconditional embeddings [steps, 1, L, D] (from null-text inversion), used at step i instead of the
     /// negative prompt's embedding, broadcast to every prompt.
@@ -223,6 +225,8 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         if (controller is not null) CheckDeterministic(schedulerName);
         if (request.Excite is not null && (request.Prompts.Count != 1 || controller is not null))
             throw new UserError("Attend-and-Excite guides one prompt at a time: give a single --prompt.");
+        if (request.Boxes is not null && (request.Prompts.Count != 1 || controller is not null))
+            throw new UserError("Directed Diffusion places the objects of one prompt at a time: give a single --prompt.");
         var scheduler = Schedulers.Schedulers.Create(schedulerName, model.Scheduler, request.Steps);
         var (width, height) = ResolveSize(request.Width, request.Height, request.InitialLatent);
         int n = request.Prompts.Count;
@@ -251,9 +255,12 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         var excite = request.Excite is { } settings
             ? new AttendAndExcite(model, cond, settings, scheduler.Timesteps.Count, height / model.VaeScale, width / model.VaeScale,
                                   model.Tokenizer.Tokenize(request.Prompts[0]).TokenCount - 1) : null;
+        using var directed = request.Boxes is { } boxes
+            ? new DirectedDiffusion(boxes, model.Tokenizer.EncodeWithoutSpecials(request.Prompts[0]).Count, model.Tokenizer.MaxLength) : null;
+        var run = controller ?? directed;
         Tensor final;
-        using (model.UNet.Hooks.Use(controller))
-            final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, progress, cancel, generator, excite);
+        using (model.UNet.Hooks.Use(run))
+            final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, run, progress, cancel, generator, excite);
         var images = Decode(final);
         var parameters = Parameters(request, schedulerName, width, height);
         return new GenerationResult(final.cpu().MoveToOuterDisposeScope(), images, parameters, excite?.Steps);
@@ -277,7 +284,13 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
                 ["token_indices"] = e.TokenIndices, ["max_iter_to_alter"] = e.MaxIterToAlter, ["scale_factor"] = e.ScaleFactor,
                 ["thresholds"] = e.Thresholds.OrderBy(p => p.Key).ToDictionary(p => p.Key.ToString(inv), p => p.Value),
             } : null,
+            ["directed_diffusion"] = r.Boxes is { } b ? new Dictionary<string, object>
+            {
+                ["regions"] = b.Regions.Select(g => new Dictionary<string, object> { ["token_indices"] = g.Tokens, ["box"] = g.Box.ToString() }).ToList(),
+                ["num_affected_steps"] = b.Steps, ["num_trailing_attn"] = b.Trailing, ["noise_scale"] = b.Strength,
+            } : null,
         });
+        if (r.Boxes is not null) summary += ", Directed Diffusion boxes: " + string.Join(" ", r.Boxes.Regions.Select(g => $"{string.Join("+", g.Tokens)}={g.Box}"));
         if (r.Excite is not null) summary += string.Format(inv, ", Attend-and-Excite tokens: {0}", string.Join(" ", r.Excite.TokenIndices));
         return new Dictionary<string, string> { ["parameters"] = summary, ["prompt-to-prompt"] = json };
     }

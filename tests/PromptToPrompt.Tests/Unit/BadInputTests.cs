@@ -114,6 +114,12 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
         { Gen + "|--excite|fox,cat", "'cat'" },
         { Gen + "|--excite|fox|--excite-scale|inf", "'inf'" },
         { Gen + "|--excite|fox|--excite-scale|NaN", "--excite-scale must be a finite number" },
+        { Gen + "|--box|cat=0,0.5,0,1", "'cat'" },
+        { Gen + "|--box|fox=0,1.5,0,1", "outside [0, 1]" },
+        { Gen + "|--box|fox=0.5,0.5,0,1", "is empty" },
+        { Gen + "|--box|fox=0,0.5,0", "is not four numbers" },
+        { Gen + "|--box|0,0.5,0,1", "write word=left,right,top,bottom" },
+        { Gen + "|--box|fox=0,0.5,0,1|--box-strength|-1", "--box-strength must be" },
         { Gen + "|--unknown-flag", "Unrecognized command or argument '--unknown-flag'" },
         // outputs that cannot be written
         { "generate|--model|{model}|--prompt|x|--out|{files}/text.txt/o.png", "text.txt is a file, not a folder" },
