@@ -24,23 +24,29 @@ static class EvalShapesCommand
             Description = "Scenes to invert with DDIM, negative-prompt and null-text inversion, for their reconstruction PSNR (0: skip).",
             DefaultValueFactory = _ => 5,
         };
-        var modelOptions = CliSupport.ModelOptions.Create();
-        var command = new Command("eval-shapes", "Measure the shapes model: colour accuracy, word-swap mask IoU with and without injection, local blend, VAE and inversion reconstruction.")
+        var guided = new Option<int>("--guidance-samples")
         {
-            model, samples, seed, steps, guidance, cross, self, blend, show, inversion,
+            Description = "Samples of each attention-guidance measure: objects drawn with and without Attend-and-Excite, objects in their box with and without Directed Diffusion (0: skip).",
+            DefaultValueFactory = _ => 10,
+        };
+        var modelOptions = CliSupport.ModelOptions.Create();
+        var command = new Command("eval-shapes", "Measure the shapes model: colour accuracy, word-swap mask IoU with and without injection, local blend, VAE and inversion reconstruction, attention guidance.")
+        {
+            model, samples, seed, steps, guidance, cross, self, blend, show, inversion, guided,
         };
         foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             if (r.GetValue(samples) < 1) throw new UserError($"--samples must be at least 1; got {r.GetValue(samples)}.");
+            if (r.GetValue(guided) < 0) throw new UserError($"--guidance-samples must be 0 (skip) or more; got {r.GetValue(guided)}.");
             if (r.GetValue(inversion) < 0) throw new UserError($"--inversion-samples must be 0 (skip) or more; got {r.GetValue(inversion)}.");
             using var sd = modelOptions.Load(r, r.GetValue(model));
             var evaluation = new ShapesEvaluation(new StableDiffusionPipeline(sd, CliSupport.Warn), r.GetValue(steps), r.GetValue(guidance),
                 r.GetValue(cross), r.GetValue(self), r.GetValue(blend));
             var folder = r.GetValue(show);
             if (folder != null) Directory.CreateDirectory(folder);
-            Action<int, string[], RgbImage[]>? save = folder == null ? null : (i, prompts, images) =>
-                Png.Save(Path.Combine(folder, $"edit_{i:D3}.png"), Grid.WithCaptions(images,
+            Action<string, string[], RgbImage[]>? save = folder == null ? null : (name, prompts, images) =>
+                Png.Save(Path.Combine(folder, $"edit_{name}.png"), Grid.WithCaptions(images,
                     [prompts[0], $"{prompts[1]} (injected)", "plain regeneration", "injected, local blend"], images.Length),
                     new Dictionary<string, string> { ["prompts"] = string.Join(" | ", prompts) });
             var report = evaluation.Run(r.GetValue(samples), r.GetValue(seed), new Progress<string>(s => Console.Error.Write($"\r{s}   ")), save);
@@ -51,6 +57,13 @@ static class EvalShapesCommand
                 var inverted = evaluation.MeasureInversion(n, r.GetValue(seed), new Progress<string>(s => Console.Error.Write($"\r{s}   ")));
                 Console.Error.WriteLine();
                 Console.WriteLine(inverted.ToTable());
+            }
+            if (r.GetValue(guided) is > 0 and var g)
+            {
+                var guidedReport = new GuidanceEvaluation(evaluation.Pipeline, r.GetValue(steps), r.GetValue(guidance))
+                    .Run(g, r.GetValue(seed), new Progress<string>(s => Console.Error.Write($"\r{s}   ")));
+                Console.Error.WriteLine();
+                Console.WriteLine(guidedReport.ToTable());
             }
             return 0;
         }));

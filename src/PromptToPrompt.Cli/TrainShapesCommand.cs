@@ -30,14 +30,19 @@ static class TrainShapesCommand
             Description = "UNet steps that train on each encoded scene, each with new noise (divides the batch of 32; 1: every step encodes new scenes).",
             DefaultValueFactory = _ => new ShapesTrainingOptions("").LatentReuse,
         };
+        var varied = new Option<bool>("--varied-captions")
+        {
+            Description = "Caption each scene as people type it, drawn anew at every use (objects in any order, sizes and the background left out, synonyms, 'a circle, red'); default: the canonical grammar.",
+        };
         var command = new Command("train-shapes", "Train a small text-to-image model on generated shape scenes (saved as a diffusers folder).")
         {
-            output, minutes, seed, vaeSteps, unetSteps, attentionLoss, vaeCrop, latentReuse,
+            output, minutes, seed, vaeSteps, unetSteps, attentionLoss, vaeCrop, latentReuse, varied,
         };
         command.SetAction(r => CliSupport.Run(() =>
         {
             var options = new ShapesTrainingOptions(r.GetValue(output)!, r.GetValue(seed), r.GetValue(vaeSteps), r.GetValue(unetSteps), Minutes: r.GetValue(minutes),
-                AttentionLossWeight: r.GetValue(attentionLoss), VaeCrop: r.GetValue(vaeCrop), LatentReuse: r.GetValue(latentReuse));
+                AttentionLossWeight: r.GetValue(attentionLoss), VaeCrop: r.GetValue(vaeCrop), LatentReuse: r.GetValue(latentReuse),
+                VariedCaptions: r.GetValue(varied));
             var trainer = new ShapesTrainer(options, CliSupport.Warn);
             for (int failures = 0; ; failures++)
                 try

@@ -25,20 +25,20 @@ public sealed class AttentionLocalisationLoss : IAttentionHook, IDisposable
     readonly List<Tensor> _terms = [];
     readonly Dictionary<(int, int), Tensor> _pooled = []; // [B, HW, K] regions per layer resolution
 
-    /// <param name="scenes">The batch's scenes; a null entry (a dropped caption) supervises nothing.</param>
+    /// <param name="scenes">The batch's scenes with the captions they were trained with; a null entry (a dropped caption) supervises nothing.</param>
     /// <param name="resolution">Side of the largest attention grid (the latent's): regions are max-pooled to it.</param>
-    public AttentionLocalisationLoss(ClipTokenizer tokenizer, IReadOnlyList<Scene?> scenes, int resolution, Device device)
+    public AttentionLocalisationLoss(ClipTokenizer tokenizer, IReadOnlyList<(Scene Scene, CaptionWords Caption)?> scenes, int resolution, Device device)
     {
         int k = tokenizer.MaxLength, s = resolution, n = scenes.Count;
-        int r = scenes.Max(scene => scene?.Objects.Count ?? 0) + 1;
+        int r = scenes.Max(entry => entry?.Scene.Objects.Count ?? 0) + 1;
         var regions = new float[n * r * s * s];
         var owners = new float[n * r * k];
         var supervised = new float[n * k];
         for (int b = 0; b < n; b++)
         {
-            if (scenes[b] is not { } scene) continue;
+            if (scenes[b] is not var (scene, caption)) continue;
             var masks = scene.Objects.Select(o => o.Mask).ToList();
-            foreach (var (position, mask) in WordRegions(tokenizer, scene))
+            foreach (var (position, mask) in WordRegions(tokenizer, scene, caption))
             {
                 if (position >= k) break;
                 int index = masks.IndexOf(mask);
@@ -64,19 +64,16 @@ public sealed class AttentionLocalisationLoss : IAttentionHook, IDisposable
                 if (mask[y * size + x]) cells[y / block * s + x / block] = 1;
     }
 
-    /// <summary>Token position (BOS = 0) and target region of every supervised word of the scene's caption.</summary>
-    public static IEnumerable<(int Position, bool[] Region)> WordRegions(ClipTokenizer tokenizer, Scene scene)
+    /// <summary>Token position (BOS = 0) and target region of every supervised word of a caption of the scene.</summary>
+    public static IEnumerable<(int Position, bool[] Region)> WordRegions(ClipTokenizer tokenizer, Scene scene, CaptionWords caption)
     {
         var background = new bool[scene.Image.Width * scene.Image.Height];
         for (int i = 0; i < background.Length; i++) background[i] = !scene.Objects.Any(o => o.Mask[i]);
-        int position = 1, objectIndex = 0;
-        bool inBackground = false;
-        foreach (var word in scene.Caption.Split(' '))
+        int position = 1;
+        foreach (var (word, owner) in caption.Words)
         {
-            if (word == "on") inBackground = true;
-            else if (word == "and") objectIndex++;
-            else if (word != "a")
-                yield return (position, inBackground ? background : scene.Objects[objectIndex].Mask);
+            if (owner != CaptionWords.Free)
+                yield return (position, owner == CaptionWords.Background ? background : scene.Objects[owner].Mask);
             position += tokenizer.EncodeWithoutSpecials(word).Count;
         }
     }

@@ -5,8 +5,32 @@ namespace PromptToPrompt.Training;
 /// <summary>One object of a scene: its shape, colour, size word, and pixel mask (row-major, Size x Size).</summary>
 public sealed record SceneObject(string Shape, string Colour, string SizeWord, bool[] Mask);
 
-/// <summary>A captioned synthetic image with its objects.</summary>
-public sealed record Scene(RgbImage Image, string Caption, string Background, IReadOnlyList<SceneObject> Objects);
+/// <summary>A captioned synthetic image with its objects; <see cref="Caption"/> is the canonical grammar's caption.</summary>
+public sealed record Scene(RgbImage Image, string Caption, string Background, IReadOnlyList<SceneObject> Objects, bool Striped);
+
+/// <summary>
+/// A caption as words, each with what it describes: an object's index in <see cref="Scene.Objects"/>,
+/// <see cref="Background"/>, or <see cref="Free"/> (articles, "and", "on", punctuation).
+/// </summary>
+public sealed record CaptionWords(IReadOnlyList<(string Word, int Owner)> Words)
+{
+    public const int Background = -1, Free = -2;
+
+    /// <summary>The caption as typed: words separated by spaces, punctuation attached to the word before it.</summary>
+    public string Text => string.Join(" ", Words.Select(w => w.Word)).Replace(" ,", ",").Replace(" .", ".");
+
+    /// <summary>The word that names object <paramref name="owner"/>'s shape (or its synonym) as <see cref="Text"/> spells
+    /// it, with punctuation attached ("disc,"): a word of the prompt split on spaces, as local blend names words.</summary>
+    public string ShapeWord(int owner)
+    {
+        int i = Words.ToList().FindLastIndex(w => w.Owner == owner && Scenes.ShapeOf(w.Word) is not null);
+        return i + 1 < Words.Count && Words[i + 1].Word is "," or "." ? Words[i].Word + Words[i + 1].Word : Words[i].Word;
+    }
+
+    /// <summary>The same caption with object <paramref name="owner"/>'s word <paramref name="word"/> replaced (a word swap).</summary>
+    public CaptionWords Replace(int owner, string word, string with) =>
+        new(Words.Select(w => w.Owner == owner && w.Word == word ? (with, w.Owner) : w).ToList());
+}
 
 /// <summary>
 /// A deterministic generator of captioned scenes: one to three objects (circle, square, triangle, star, ring) in
@@ -21,6 +45,8 @@ public sealed class Scenes(int size = 64)
         ["red"] = (220, 40, 40), ["green"] = (40, 180, 60), ["blue"] = (40, 70, 220), ["yellow"] = (235, 220, 50),
         ["purple"] = (150, 60, 190), ["orange"] = (245, 140, 30), ["white"] = (245, 245, 245), ["black"] = (20, 20, 20),
     };
+    /// <summary>Other words a person may type for a shape.</summary>
+    public static readonly Dictionary<string, string[]> Synonyms = new() { ["circle"] = ["disc", "ball"], ["square"] = ["box"], ["ring"] = ["donut"] };
     public static readonly string[] Backgrounds = ["white", "black", "yellow", "blue", "gray"];
     public static readonly Dictionary<string, (byte R, byte G, byte B)> BackgroundColours = new()
     {
@@ -29,9 +55,17 @@ public sealed class Scenes(int size = 64)
 
     public int Size => size;
 
-    /// <summary>Every word the grammar can produce (for building the tokenizer).</summary>
+    /// <summary>Every word the canonical grammar can produce (for building the tokenizer).</summary>
     public static IEnumerable<string> Vocabulary =>
         new[] { "a", "and", "on", "background", "small", "large", "striped" }.Concat(Shapes).Concat(Colours.Keys).Concat(Backgrounds).Distinct();
+
+    /// <summary>Every word <see cref="Describe"/> can produce: the canonical words and the shapes' synonyms (punctuation
+    /// is one byte-level token anyway).</summary>
+    public static IEnumerable<string> VariedVocabulary => Vocabulary.Concat(Synonyms.Values.SelectMany(w => w)).Distinct();
+
+    /// <summary>The shape a word names (a shape or one of its synonyms), or null.</summary>
+    public static string? ShapeOf(string word) =>
+        Shapes.Contains(word) ? word : Synonyms.FirstOrDefault(s => s.Value.Contains(word)).Key;
 
     /// <summary>Scene number <paramref name="index"/> of the stream seeded by <paramref name="seed"/> (the same pair always gives the same scene).</summary>
     public Scene Generate(long seed, long index, int? objectCount = null)
@@ -94,7 +128,50 @@ public sealed class Scenes(int size = 64)
                 for (int i = 0; i < mask.Length; i++) if (mask[i]) earlier.Mask[i] = false;
             result.Add(new SceneObject(shape, colour, sizeWord, mask));
         }
-        return new Scene(new RgbImage(size, size, pixels), Caption(result.Select(o => (o.Shape, o.Colour, o.SizeWord)), background, striped), background, result);
+        return new Scene(new RgbImage(size, size, pixels), Caption(result.Select(o => (o.Shape, o.Colour, o.SizeWord)), background, striped), background, result, striped);
+    }
+
+    /// <summary>
+    /// The scene's caption as a person might type it, drawn with <paramref name="rng"/> (null: the canonical caption):
+    /// the objects in any order, a size word left out, a synonym for the shape ("a red disc"), the colour after the
+    /// shape ("a circle, red"), no articles ("red circle on white"), the background clause short ("on white") or left
+    /// out (plain backgrounds only: a caption without one asks for a plain background), a final full stop.
+    /// </summary>
+    public static CaptionWords Describe(Scene scene, Random? rng)
+    {
+        bool Chance(double p) => rng is not null && rng.NextDouble() < p;
+        var words = new List<(string, int)>();
+        var order = Enumerable.Range(0, scene.Objects.Count).ToList();
+        if (rng is not null) order = [.. order.OrderBy(_ => rng.Next())];
+        bool articles = !Chance(0.15);
+        foreach (var index in order)
+        {
+            var o = scene.Objects[index];
+            if (words.Count > 0) words.Add(("and", CaptionWords.Free));
+            if (articles) words.Add(("a", CaptionWords.Free));
+            bool size = !Chance(0.35), colourAfter = Chance(0.15);
+            var shape = Synonyms.TryGetValue(o.Shape, out var other) && Chance(0.3) ? other[rng!.Next(other.Length)] : o.Shape;
+            if (size) words.Add((o.SizeWord, index));
+            if (!colourAfter) words.Add((o.Colour, index));
+            words.Add((shape, index));
+            if (colourAfter) { words.Add((",", CaptionWords.Free)); words.Add((o.Colour, index)); }
+        }
+        double clause = rng?.NextDouble() ?? 0;
+        if (scene.Striped || clause < 0.55)
+        {
+            words.Add(("on", CaptionWords.Free));
+            words.Add(("a", CaptionWords.Free));
+            if (scene.Striped) words.Add(("striped", CaptionWords.Background));
+            words.Add((scene.Background, CaptionWords.Background));
+            words.Add(("background", CaptionWords.Background));
+        }
+        else if (clause < 0.75)
+        {
+            words.Add(("on", CaptionWords.Free));
+            words.Add((scene.Background, CaptionWords.Background));
+        }
+        if (Chance(0.1)) words.Add((".", CaptionWords.Free));
+        return new CaptionWords(words);
     }
 
     /// <summary>The grammar's caption: <c>a large red circle and a small blue star on a [striped ]white background</c>.</summary>

@@ -5,7 +5,7 @@ using PromptToPrompt.Pipelines;
 
 namespace PromptToPrompt.Training;
 
-/// <summary>Measured quality of a model trained on <see cref="Scenes"/>.</summary>
+/// <summary>Measured quality of a model trained on <see cref="Scenes"/> for one set of captions.</summary>
 /// <param name="ColourAccuracy">Share of single-object captions whose generated object has the caption's colour.</param>
 /// <param name="SwapIoUWithInjection">Mean IoU of the object mask between source and word-swap edit, with Prompt-to-Prompt.</param>
 /// <param name="SwapIoUWithoutInjection">The same for a plain regeneration of the edited prompt from the same noise.</param>
@@ -14,18 +14,34 @@ namespace PromptToPrompt.Training;
 /// <param name="SwapNewColourWithoutInjection">The same without injection.</param>
 /// <param name="OutsideChangeWithBlend">Mean absolute pixel change (0..255) away from the source and edited objects, edit with local blend.</param>
 /// <param name="OutsideChangeWithoutBlend">The same for the edit without local blend.</param>
+/// <param name="Examples">The first few captions of the set.</param>
+public sealed record CaptionSetReport(double ColourAccuracy, double SwapIoUWithInjection, double SwapIoUWithoutInjection, double SwapIoUWithBlend,
+    double SwapNewColourWithInjection, double SwapNewColourWithoutInjection, double OutsideChangeWithBlend, double OutsideChangeWithoutBlend,
+    IReadOnlyList<string> Examples);
+
+/// <summary>Measured quality of a model trained on <see cref="Scenes"/>: on the canonical grammar's captions and on
+/// captions phrased as people type them (<see cref="Scenes.Describe"/>).</summary>
 /// <param name="VaeReconstructionError">Mean absolute pixel difference (0..255) between scenes and their VAE encoding decoded.</param>
-public sealed record ShapesReport(int Samples, double ColourAccuracy, double SwapIoUWithInjection, double SwapIoUWithoutInjection,
-    double SwapIoUWithBlend, double SwapNewColourWithInjection, double SwapNewColourWithoutInjection, double OutsideChangeWithBlend, double OutsideChangeWithoutBlend,
-    double VaeReconstructionError)
+public sealed record ShapesReport(int Samples, CaptionSetReport Canonical, CaptionSetReport Varied, double VaeReconstructionError)
 {
-    public string ToTable() => string.Join("\n",
-        $"samples per measure                          {Samples}",
-        $"colour accuracy, single objects              {ColourAccuracy:P0}",
-        $"word swap: object IoU     with injection     {SwapIoUWithInjection:0.000}   without (plain regeneration) {SwapIoUWithoutInjection:0.000}   with injection and local blend {SwapIoUWithBlend:0.000}",
-        $"word swap: new colour     with injection     {SwapNewColourWithInjection:P0}   without {SwapNewColourWithoutInjection:P0}",
-        $"local blend: mean change away from the object  with blend {OutsideChangeWithBlend:0.0}   without {OutsideChangeWithoutBlend:0.0}  (0..255)",
-        $"VAE: mean error of a scene encoded and decoded   {VaeReconstructionError:0.0}  (0..255)");
+    public string ToTable()
+    {
+        string Row(string label, Func<CaptionSetReport, double> value, string format) =>
+            $"{label,-48} {value(Canonical).ToString(format),9}   {value(Varied).ToString(format),9}";
+        return string.Join("\n",
+            $"samples per measure {Samples,38}",
+            $"{"",-48} {"canonical",9}   {"varied",9}",
+            Row("colour accuracy, single objects", r => r.ColourAccuracy, "P0"),
+            Row("word swap: object IoU, with injection", r => r.SwapIoUWithInjection, "0.000"),
+            Row("           without (plain regeneration)", r => r.SwapIoUWithoutInjection, "0.000"),
+            Row("           with injection and local blend", r => r.SwapIoUWithBlend, "0.000"),
+            Row("word swap: new colour, with injection", r => r.SwapNewColourWithInjection, "P0"),
+            Row("           without", r => r.SwapNewColourWithoutInjection, "P0"),
+            Row("local blend: change away from the object (0..255)", r => r.OutsideChangeWithBlend, "0.0"),
+            Row("           without local blend", r => r.OutsideChangeWithoutBlend, "0.0"),
+            $"VAE: mean error of a scene encoded and decoded   {VaeReconstructionError:0.0}  (0..255)",
+            $"varied captions, for example: {string.Join(" | ", Varied.Examples)}");
+    }
 }
 
 /// <summary>One inversion method on real images: reconstruction, time, and an edit of the inverted image.</summary>
@@ -59,54 +75,90 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
 {
     const double ObjectDistance = 80;
 
-    /// <param name="showEdit">Receives each word-swap sample: its prompts and the images source, injected edit, plain
-    /// regeneration, edit with local blend (for inspecting what the figures measure).</param>
-    public ShapesReport Run(int samples, long seed, IProgress<string>? progress = null, Action<int, string[], RgbImage[]>? showEdit = null)
+    public StableDiffusionPipeline Pipeline => pipeline;
+
+    /// <param name="showEdit">Receives each word-swap sample: its name (<c>canonical_003</c>, <c>varied_003</c>), prompts
+    /// and the images source, injected edit, plain regeneration, edit with local blend (for inspecting what the figures measure).</param>
+    public ShapesReport Run(int samples, long seed, IProgress<string>? progress = null, Action<string, string[], RgbImage[]>? showEdit = null)
     {
-        var rng = new Random(Scenes.StableSeed(seed, 99));
+        var scenes = new Scenes(pipeline.Model.DefaultImageSize);
+        Scene Single(string background, string colour, string shape, string size) =>
+            scenes.Render([(shape, colour, size, scenes.Size / 2.0, scenes.Size / 2.0, scenes.Size * 0.2)], background, striped: false);
+        // Canonical: "a large red circle on a white background". Varied: the same kind of scene described as people
+        // type it (drawn by the evaluation's own seed, so these captions are not the training stream's).
+        var canonical = Measure("canonical", samples, seed, new Random(Scenes.StableSeed(seed, 99)),
+            (_, bg, colour, shape) => Scenes.Describe(Single(bg, colour, shape, "large"), null), progress, showEdit);
+        var varied = Measure("varied", samples, seed, new Random(Scenes.StableSeed(seed, 98)),
+            (rng, bg, colour, shape) => Scenes.Describe(Single(bg, colour, shape, rng.NextDouble() < 0.5 ? "large" : "small"), rng), progress, showEdit);
+        return new ShapesReport(samples, canonical, varied, VaeError(samples, seed));
+    }
+
+    CaptionSetReport Measure(string name, int samples, long seed, Random rng, Func<Random, string, string, string, CaptionWords> caption,
+        IProgress<string>? progress, Action<string, string[], RgbImage[]>? showEdit)
+    {
         var colours = Scenes.Colours.Keys.ToArray();
         string Pick(string[] options, params string[] except) { string c; do c = options[rng.Next(options.Length)]; while (except.Contains(c)); return c; }
         var shapes = Scenes.Shapes.Where(s => s != "ring").ToArray(); // thin rings make masks unstable at 64 px
+        string[] backgrounds = ["white", "black", "gray"];
+        var examples = new List<string>();
+        // The background a caption names, or (a caption without one) the one the model drew.
+        string Background(CaptionWords words, string named, RgbImage image) =>
+            words.Words.Any(w => w.Owner == CaptionWords.Background) ? named : DrawnBackground(image);
 
         int correct = 0;
         for (int i = 0; i < samples; i++)
         {
-            var bg = Pick(["white", "black", "gray"]);
+            var bg = Pick(backgrounds);
             var colour = Pick(colours, bg);
-            var image = Generate([$"a large {colour} {Pick(shapes)} on a {bg} background"], seed + i, null)[0];
-            if (ObjectColour(image, bg) == colour) correct++;
-            progress?.Report($"colour {i + 1}/{samples}");
+            var words = caption(rng, bg, colour, Pick(shapes));
+            if (examples.Count < 4) examples.Add(words.Text);
+            var image = Generate([words.Text], seed + i, null)[0];
+            if (ObjectColour(image, Background(words, bg, image)) == colour) correct++;
+            progress?.Report($"{name} colour {i + 1}/{samples}");
         }
 
         double iouWith = 0, iouWithout = 0, iouBlend = 0, newWith = 0, newWithout = 0, outsideBlend = 0, outsideNoBlend = 0;
         for (int i = 0; i < samples; i++)
         {
-            var bg = Pick(["white", "black", "gray"]);
+            var bg = Pick(backgrounds);
             var from = Pick(colours, bg);
             var to = Pick(colours, bg, from);
-            var shape = Pick(shapes);
-            string[] prompts = [$"a large {from} {shape} on a {bg} background", $"a large {to} {shape} on a {bg} background"];
+            var words = caption(rng, bg, from, Pick(shapes));
+            var shape = words.ShapeWord(0);
+            string[] prompts = [words.Text, words.Replace(0, from, to).Text];
             var tokenizer = pipeline.Model.Tokenizer;
             var schedule = new EditSchedule(crossReplace, StepWindow.Until(selfReplace));
             var injected = Generate(prompts, 1000 + seed + i, new AttentionReplace(tokenizer, prompts, steps, schedule));
             var plain = Generate(prompts, 1000 + seed + i, new AttentionReplace(tokenizer, prompts, steps, new EditSchedule(0.0, StepWindow.Until(0))));
             var blended = Generate(prompts, 1000 + seed + i, new AttentionReplace(tokenizer, prompts, steps, schedule,
                 new LocalBlend(tokenizer, prompts, new LocalBlendOptions([[shape], [shape]], blendThreshold), steps)))[1];
-            var source = ObjectMask(injected[0], bg, from);
-            var edit = ObjectMask(injected[1], bg, to);
-            var blendedEdit = ObjectMask(blended, bg, to);
+            string Bg(RgbImage image) => Background(words, bg, image);
+            var source = ObjectMask(injected[0], Bg(injected[0]), from);
+            var edit = ObjectMask(injected[1], Bg(injected[1]), to);
+            var blendedEdit = ObjectMask(blended, Bg(blended), to);
             iouWith += IoU(source, edit);
-            iouWithout += IoU(ObjectMask(plain[0], bg, from), ObjectMask(plain[1], bg, to));
+            iouWithout += IoU(ObjectMask(plain[0], Bg(plain[0]), from), ObjectMask(plain[1], Bg(plain[1]), to));
             iouBlend += IoU(source, blendedEdit);
-            if (ObjectColour(injected[1], bg) == to) newWith++;
-            if (ObjectColour(plain[1], bg) == to) newWithout++;
+            if (ObjectColour(injected[1], Bg(injected[1])) == to) newWith++;
+            if (ObjectColour(plain[1], Bg(plain[1])) == to) newWithout++;
             outsideBlend += OutsideChange(injected[0], blended, source, blendedEdit);
             outsideNoBlend += OutsideChange(injected[0], injected[1], source, edit);
-            showEdit?.Invoke(i, prompts, [injected[0], injected[1], plain[1], blended]);
-            progress?.Report($"edits {i + 1}/{samples}");
+            showEdit?.Invoke($"{name}_{i:D3}", prompts, [injected[0], injected[1], plain[1], blended]);
+            progress?.Report($"{name} edits {i + 1}/{samples}");
         }
-        return new ShapesReport(samples, (double)correct / samples, iouWith / samples, iouWithout / samples, iouBlend / samples,
-            newWith / samples, newWithout / samples, outsideBlend / samples, outsideNoBlend / samples, VaeError(samples, seed));
+        return new CaptionSetReport((double)correct / samples, iouWith / samples, iouWithout / samples, iouBlend / samples,
+            newWith / samples, newWithout / samples, outsideBlend / samples, outsideNoBlend / samples, examples);
+    }
+
+    /// <summary>The background colour (of <see cref="Scenes.BackgroundColours"/>) nearest to the median of the image's
+    /// border pixels (objects are drawn away from the border).</summary>
+    public static string DrawnBackground(RgbImage image)
+    {
+        int w = image.Width, h = image.Height;
+        var border = Enumerable.Range(0, w * h).Where(i => i % w == 0 || i % w == w - 1 || i / w == 0 || i / w == h - 1).ToList();
+        double Median(int channel) => border.Select(i => (double)image.Pixels[3 * i + channel]).Order().ElementAt(border.Count / 2);
+        double r = Median(0), g = Median(1), b = Median(2);
+        return Scenes.BackgroundColours.MinBy(c => Math.Pow(c.Value.R - r, 2) + Math.Pow(c.Value.G - g, 2) + Math.Pow(c.Value.B - b, 2)).Key;
     }
 
     /// <summary>Mean absolute pixel change (0..255) of training-distribution scenes through the VAE and back.</summary>

@@ -17,7 +17,7 @@ namespace PromptToPrompt.Training;
 public sealed record ShapesTrainingOptions(
     string OutDir, long Seed = 0, int VaeSteps = 2000, int UNetSteps = 6000, int VaeBatch = 16, int UNetBatch = 32,
     double? Minutes = null, double CaptionDropout = 0.1, int CheckpointEverySteps = 500, int ScaleSamples = 256,
-    double AttentionLossWeight = 0.05, int VaeCrop = 32, int LatentReuse = 4)
+    double AttentionLossWeight = 0.05, int VaeCrop = 32, int LatentReuse = 4, bool VariedCaptions = false)
 {
     /// <summary>Throws a <see cref="UserError"/> naming the first option out of range.</summary>
     public void Validate(int imageSize, int vaeDownsampling)
@@ -69,7 +69,7 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
     {
         options.Validate(ImageSize, Configs(1).Vae.DownscaleFactor);
         set_num_threads(Math.Max(1, Environment.ProcessorCount));
-        var (vocab, merges) = BpeTrainer.Train(Scenes.Vocabulary);
+        var (vocab, merges) = BpeTrainer.Train(options.VariedCaptions ? Scenes.VariedVocabulary : Scenes.Vocabulary);
         var tokenizerDir = Path.Combine(options.OutDir, "tokenizer");
         BpeTrainer.Save(tokenizerDir, vocab, merges, MaxTokens);
         var tokenizer = ClipTokenizer.Load(tokenizerDir);
@@ -195,8 +195,11 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
                 var t = randint(0, schedulerConfig.NumTrainTimesteps, [x0.shape[0]], generator: g);
                 var xt = sqrtA[t].reshape(-1, 1, 1, 1) * x0 + sqrtB[t].reshape(-1, 1, 1, 1) * noise;
                 var rng = new Random(Scenes.StableSeed(options.Seed + 17, step));
-                var kept = chunks.SelectMany(c => c.Scenes).Select(scene => rng.NextDouble() < options.CaptionDropout ? null : scene).ToList();
-                var ids = tensor(kept.SelectMany(scene => tokenizer.Tokenize(scene?.Caption ?? "").Ids).ToArray(), [kept.Count, tokenizer.MaxLength]);
+                // With varied captions each use of a scene draws its caption's phrasing anew (Scenes.Describe).
+                var kept = chunks.SelectMany(c => c.Scenes)
+                    .Select(scene => rng.NextDouble() < options.CaptionDropout ? null
+                        : ((Scene, CaptionWords)?)(scene, Scenes.Describe(scene, options.VariedCaptions ? rng : null))).ToList();
+                var ids = tensor(kept.SelectMany(entry => tokenizer.Tokenize(entry?.Item2.Text ?? "").Ids).ToArray(), [kept.Count, tokenizer.MaxLength]);
                 using var localisation = options.AttentionLossWeight > 0 ? new AttentionLocalisationLoss(tokenizer, kept, (int)x0.shape[2], CPU) : null;
                 Tensor predicted;
                 using (unet.Hooks.Use(localisation))

@@ -86,6 +86,7 @@ public class CliTests
     [Theory]
     [InlineData("--samples|0", "error: --samples must be at least 1; got 0.")]
     [InlineData("--inversion-samples|-2", "error: --inversion-samples must be 0 (skip) or more; got -2.")]
+    [InlineData("--guidance-samples|-1", "error: --guidance-samples must be 0 (skip) or more; got -1.")]
     public void Eval_shapes_refuses_sample_counts_out_of_range(string extra, string message)
     {
         var (code, stdout, stderr) = RunP2P(["eval-shapes", .. extra.Split('|')]);

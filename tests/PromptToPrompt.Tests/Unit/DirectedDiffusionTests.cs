@@ -1,5 +1,6 @@
 using PromptToPrompt.Control;
 using PromptToPrompt.Models;
+using PromptToPrompt.Training;
 using static TorchSharp.torch;
 
 namespace PromptToPrompt.Tests.Unit;
@@ -100,4 +101,23 @@ public class DirectedDiffusionTests
     [InlineData("0,a,0,1", "is not four numbers")]
     public void Bad_boxes_are_refused_with_one_message(string text, string message) =>
         Assert.Contains(message, Assert.Throws<UserError>(() => Box.Parse(text, "--box")).Message);
+}
+
+/// <summary>The guidance evaluation's measures on drawn scenes, where the answer is known.</summary>
+public class GuidanceMeasureTests
+{
+    [Fact]
+    public void A_drawn_object_is_present_in_its_colour_and_centred_in_the_quadrant_it_was_drawn_in()
+    {
+        var scenes = new Scenes();
+        var scene = scenes.Render([("circle", "red", "small", 16, 48, 8), ("star", "blue", "large", 44, 20, 14)], "white", striped: false);
+        Assert.True(GuidanceEvaluation.Present(scene.Image, "white", "red"));
+        Assert.True(GuidanceEvaluation.Present(scene.Image, "white", "blue"));
+        Assert.False(GuidanceEvaluation.Present(scene.Image, "white", "green"));
+        // The red circle at (16, 48) of 64x64: the bottom-left quadrant; the blue star at (44, 20): top right.
+        Assert.True(GuidanceEvaluation.InBox(scene.Image, "white", "red", new Box(0, 0.5, 0.5, 1)));
+        Assert.False(GuidanceEvaluation.InBox(scene.Image, "white", "red", new Box(0.5, 1, 0.5, 1)));
+        Assert.True(GuidanceEvaluation.InBox(scene.Image, "white", "blue", new Box(0.5, 1, 0, 0.5)));
+        Assert.False(GuidanceEvaluation.InBox(scene.Image, "white", "green", new Box(0, 1, 0, 1))); // not drawn
+    }
 }

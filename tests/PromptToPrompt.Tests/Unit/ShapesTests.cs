@@ -42,6 +42,51 @@ public class ScenesTests
     }
 
     [Fact]
+    public void Varied_captions_phrase_a_scene_as_people_type_it_and_each_word_keeps_its_owner()
+    {
+        using var dir = new TempDir();
+        var tokenizer = AttentionLocalisationLossTests.Tokenizer(dir, varied: true);
+        var scenes = new Scenes();
+        var plain = scenes.Render([("circle", "red", "large", 20, 20, 12), ("square", "blue", "small", 46, 46, 8)], "white", striped: false);
+        Assert.Equal(plain.Caption, Scenes.Describe(plain, null).Text);
+        var rng = new Random(3);
+        var texts = new HashSet<string>();
+        for (int i = 0; i < 2000; i++)
+        {
+            var words = Scenes.Describe(plain, rng);
+            texts.Add(words.Text);
+            // The caption's tokens are its words' tokens in order, so a word's position is where the text puts it.
+            Assert.Equal(tokenizer.EncodeWithoutSpecials(words.Text), words.Words.SelectMany(w => (IEnumerable<int>)tokenizer.EncodeWithoutSpecials(w.Word)));
+            foreach (var (word, owner) in words.Words)
+            {
+                var expected = word switch
+                {
+                    "a" or "and" or "on" or "," or "." => CaptionWords.Free,
+                    "white" or "background" => CaptionWords.Background,
+                    "red" or "large" or "circle" or "disc" or "ball" => 0,
+                    _ => 1,
+                };
+                Assert.Equal(expected, owner);
+                if (word is not ("," or ".")) Assert.Contains(word, Scenes.VariedVocabulary);
+            }
+            Assert.Equal(0, words.Replace(0, "red", "green").Words.Count(w => w.Word == "red"));
+        }
+        foreach (var expected in new[]
+        {
+            "a large red circle and a small blue square on a white background", // canonical
+            "a small blue square and a large red circle on a white background", // order swapped
+            "a red circle and a blue square",                                   // sizes and background left out
+            "large red circle and small blue square on white",                  // no articles, short background
+            "a large disc, red and a small blue square on a white background",  // synonym, colour after the shape
+        })
+            Assert.Contains(expected, texts);
+        Assert.Contains(texts, t => t.EndsWith("background.", StringComparison.Ordinal));
+        // A striped background is always named (a caption without a background asks for a plain one).
+        var striped = scenes.Render([("star", "red", "large", 32, 32, 12)], "gray", striped: true);
+        for (int i = 0; i < 200; i++) Assert.Contains("striped gray", Scenes.Describe(striped, rng).Text);
+    }
+
+    [Fact]
     public void The_learned_bpe_encodes_every_caption_word_as_one_token()
     {
         var (vocab, merges) = BpeTrainer.Train(Scenes.Vocabulary);
@@ -97,9 +142,9 @@ public class ScenesTests
 
 public class AttentionLocalisationLossTests
 {
-    static ClipTokenizer Tokenizer(TempDir dir)
+    internal static ClipTokenizer Tokenizer(TempDir dir, bool varied = false)
     {
-        var (vocab, merges) = BpeTrainer.Train(Scenes.Vocabulary);
+        var (vocab, merges) = BpeTrainer.Train(varied ? Scenes.VariedVocabulary : Scenes.Vocabulary);
         BpeTrainer.Save(dir.Path, vocab, merges, 32);
         return ClipTokenizer.Load(dir.Path);
     }
@@ -113,7 +158,7 @@ public class AttentionLocalisationLossTests
         using var dir = new TempDir();
         var scene = TwoObjects();
         Assert.Equal("a large red square and a small blue circle on a striped white background", scene.Caption);
-        var regions = AttentionLocalisationLoss.WordRegions(Tokenizer(dir), scene).ToList();
+        var regions = AttentionLocalisationLoss.WordRegions(Tokenizer(dir), scene, Scenes.Describe(scene, null)).ToList();
         // Token positions (BOS = 0): large red square = 2..4, small blue circle = 7..9, striped white background = 12..14.
         Assert.Equal([2, 3, 4, 7, 8, 9, 12, 13, 14], regions.Select(r => r.Position));
         Assert.All(regions.Take(3), r => Assert.Same(scene.Objects[0].Mask, r.Region));
@@ -129,7 +174,7 @@ public class AttentionLocalisationLossTests
         using var dir = new TempDir();
         var tokenizer = Tokenizer(dir);
         var scene = TwoObjects();
-        var regions = AttentionLocalisationLoss.WordRegions(tokenizer, scene).ToList();
+        var regions = AttentionLocalisationLoss.WordRegions(tokenizer, scene, Scenes.Describe(scene, null)).ToList();
         int k = tokenizer.MaxLength, side = 16, heads = 2;
         var call = new AttentionCall(new AttentionLayer("down_blocks.0.attentions.0.transformer_blocks.0.attn2", UNetPlace.Down, true, 0, heads), side, side, k);
 
@@ -139,7 +184,7 @@ public class AttentionLocalisationLossTests
             for (int cell = 0; cell < side * side; cell++)
                 if (region[(cell / side * 4 + 1) * 64 + cell % side * 4 + 1])
                     for (int h = 0; h < heads; h++) inside[(h * side * side + cell) * k + position] = 1;
-        using (var loss = new AttentionLocalisationLoss(tokenizer, [scene, null], side, CPU))
+        using (var loss = new AttentionLocalisationLoss(tokenizer, [(scene, Scenes.Describe(scene, null)), null], side, CPU))
         {
             var probabilities = cat([tensor(inside, [heads, side * side, k]), rand(heads, side * side, k)], 0);
             Assert.Same(probabilities, loss.Edit(call, probabilities));
@@ -147,7 +192,7 @@ public class AttentionLocalisationLossTests
         }
 
         // Uniform attention: the loss is the mean share of cells outside each word's (max-pooled) region.
-        using (var loss = new AttentionLocalisationLoss(tokenizer, [scene], side, CPU))
+        using (var loss = new AttentionLocalisationLoss(tokenizer, [(scene, Scenes.Describe(scene, null))], side, CPU))
         {
             loss.Edit(call, full(heads, side * side, k, 1f / (side * side)));
             double expected = regions.Average(r =>

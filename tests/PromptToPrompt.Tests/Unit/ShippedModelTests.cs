@@ -28,13 +28,15 @@ public class ShippedModelTests(ITestOutputHelper output)
         using var model = StableDiffusionModel.Load(Folder, ModelPlacement.Cpu);
         var report = new ShapesEvaluation(new StableDiffusionPipeline(model)).Run(samples: 10, seed: 0);
         output.WriteLine(report.ToTable());
-        Assert.True(report.ColourAccuracy >= 0.8, $"colour accuracy {report.ColourAccuracy:P0} < 80%");
-        Assert.True(report.SwapNewColourWithInjection >= 0.8, $"word swap takes the new colour in only {report.SwapNewColourWithInjection:P0}");
-        // The issue's target: a word swap with Prompt-to-Prompt keeps the object's mask (IoU >= 0.8), far better
-        // than regenerating the edited prompt from the same noise.
-        Assert.True(report.SwapIoUWithInjection >= 0.8, $"word-swap mask IoU with injection {report.SwapIoUWithInjection:0.00} < 0.8");
-        Assert.True(report.SwapIoUWithInjection >= report.SwapIoUWithoutInjection + 0.2,
-            $"word-swap mask IoU with injection {report.SwapIoUWithInjection:0.00} is not clearly above plain regeneration's {report.SwapIoUWithoutInjection:0.00}");
+        // The targets on the canonical grammar: the colour drawn, and a word swap with Prompt-to-Prompt that keeps the
+        // object's mask (IoU >= 0.8), far better than regenerating the edited prompt from the same noise. (Captions
+        // phrased as people type them, report.Varied, are measured and reported in the README, not yet met: issue 19.)
+        var r = report.Canonical;
+        Assert.True(r.ColourAccuracy >= 0.8, $"colour accuracy {r.ColourAccuracy:P0} < 80%");
+        Assert.True(r.SwapNewColourWithInjection >= 0.8, $"word swap takes the new colour in only {r.SwapNewColourWithInjection:P0}");
+        Assert.True(r.SwapIoUWithInjection >= 0.8, $"word-swap mask IoU with injection {r.SwapIoUWithInjection:0.00} < 0.8");
+        Assert.True(r.SwapIoUWithInjection >= r.SwapIoUWithoutInjection + 0.2,
+            $"word-swap mask IoU with injection {r.SwapIoUWithInjection:0.00} is not clearly above plain regeneration's {r.SwapIoUWithoutInjection:0.00}");
         Assert.True(report.VaeReconstructionError < 10, $"the VAE changes a scene by {report.VaeReconstructionError:0.0} of 255 on average");
     }
 
