@@ -71,12 +71,12 @@ public class CliTests
         Assert.True(code == 0, stderr);
         Assert.Contains("size 64x64, 2 steps (ddim)", stdout);
         string[] stages = ["load (shapes)", "text encoder (2 prompts)", "warm-up: first UNet evaluation", "plain generation, 1 prompt",
-            "plain generation, 2 prompts", "generation + AttentionStore", "generation + Attend-and-Excite", "word swap, 2 prompts", "record the source (", "later word swap, target alone + cache", "VAE decode, 1 image",
+            "plain generation, 2 prompts", "generation + AttentionStore", "generation + Attend-and-Excite", "generation + Directed Diffusion", "word swap, 2 prompts", "record the source (", "later word swap, target alone + cache", "VAE decode, 1 image",
             "null-text inversion, 1 step x 10 inner", "direct inversion, 2 steps"];
         var lines = stdout.Split('\n');
         foreach (var stage in stages)
             Assert.Matches(@"^\S.* +\d+\.\d\d s.*peak RSS +\d+ MB$", Assert.Single(lines, l => l.StartsWith(stage)));
-        Assert.Equal(8, lines.Count(l => l.Contains(" s/step (")));
+        Assert.Equal(9, lines.Count(l => l.Contains(" s/step (")));
         Assert.Matches(@"^a later edit costs \d+\.\d\dx the batched word swap; the cached source holds \d+\.\d MB \(2 evaluations, ", Assert.Single(lines, l => l.StartsWith("a later edit")));
         var none = RunP2P("benchmark");
         Assert.Equal(1, none.Code);
