@@ -3,7 +3,6 @@ using System.Diagnostics;
 using PromptToPrompt.Control;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Pipelines;
-using PromptToPrompt.Text;
 using static TorchSharp.torch;
 
 namespace PromptToPrompt.Cli;
@@ -59,8 +58,8 @@ static class BenchmarkCommand
             };
             Measure("generation + Attend-and-Excite", n, () => Denoise(pipeline, Request("a cat riding a bicycle"), null, excite).Dispose());
             // Directed Diffusion editing every step's cross-attention (materialised probabilities in every cross-attention layer).
-            var box = new DirectedSettings { Regions = [new DirectedRegion(PromptWords.RequireTokenPositions(sd.Tokenizer, "a cat riding a bicycle", "cat"), new Box(0, 0.5, 0, 1))], Steps = n };
-            using (var directed = new DirectedDiffusion(box, sd.Tokenizer.EncodeWithoutSpecials("a cat riding a bicycle").Count, sd.Tokenizer.MaxLength))
+            var box = new DirectedSettings { Regions = [DirectedRegion.ForWord(sd.Tokenizer, "a cat riding a bicycle", "cat", new Box(0, 0.5, 0, 1))], Steps = n };
+            using (var directed = DirectedDiffusion.For(sd.Tokenizer, "a cat riding a bicycle", box))
                 Measure("generation + Directed Diffusion", n, () => Denoise(pipeline, Request("a cat riding a bicycle"), directed).Dispose());
             AttentionReplace Swap(string target) => new(sd.Tokenizer, ["a cat riding a bicycle", target], n, new EditSchedule(0.8, StepWindow.Until(0.4)));
             // The source cache: record the source once, then edit with the targets alone (EditSession does this). The

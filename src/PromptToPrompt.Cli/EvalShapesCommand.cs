@@ -41,7 +41,8 @@ static class EvalShapesCommand
             if (r.GetValue(guided) < 0) throw new UserError($"--guidance-samples must be 0 (skip) or more; got {r.GetValue(guided)}.");
             if (r.GetValue(inversion) < 0) throw new UserError($"--inversion-samples must be 0 (skip) or more; got {r.GetValue(inversion)}.");
             using var sd = modelOptions.Load(r, r.GetValue(model));
-            var evaluation = new ShapesEvaluation(new StableDiffusionPipeline(sd, CliSupport.Warn), r.GetValue(steps), r.GetValue(guidance),
+            var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
+            var evaluation = new ShapesEvaluation(pipeline, r.GetValue(steps), r.GetValue(guidance),
                 r.GetValue(cross), r.GetValue(self), r.GetValue(blend));
             var folder = r.GetValue(show);
             if (folder != null) Directory.CreateDirectory(folder);
@@ -60,7 +61,7 @@ static class EvalShapesCommand
             }
             if (r.GetValue(guided) is > 0 and var g)
             {
-                var guidedReport = new GuidanceEvaluation(evaluation.Pipeline, r.GetValue(steps), r.GetValue(guidance))
+                var guidedReport = new GuidanceEvaluation(pipeline, r.GetValue(steps), r.GetValue(guidance))
                     .Run(g, r.GetValue(seed), new Progress<string>(s => Console.Error.Write($"\r{s}   ")));
                 Console.Error.WriteLine();
                 Console.WriteLine(guidedReport.ToTable());

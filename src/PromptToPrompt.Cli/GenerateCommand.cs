@@ -3,7 +3,6 @@ using PromptToPrompt.Control;
 using PromptToPrompt.Imaging;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Pipelines;
-using PromptToPrompt.Text;
 
 namespace PromptToPrompt.Cli;
 
@@ -75,11 +74,7 @@ static class GenerateCommand
 sealed record BoxOptions(Option<string[]> Boxes, Option<int> Steps, Option<int> Trailing, Option<double> Strength)
 {
     public static BoxOptions Create() => new(
-        new Option<string[]>("--box")
-        {
-            Description = "Directed Diffusion: place a word's object in a box, word=left,right,top,bottom as fractions of the image (repeat for more objects).",
-            AllowMultipleArgumentsPerToken = false,
-        },
+        new Option<string[]>("--box") { Description = "Directed Diffusion: place a word's object in a box, word=left,right,top,bottom as fractions of the image (repeat for more objects)." },
         new Option<int>("--box-steps") { Description = "Edit the attention during the first N steps (the reference's num_affected_steps).", DefaultValueFactory = _ => 10 },
         new Option<int>("--box-trailing") { Description = "Trailing attention maps (end token and padding) edited with each object (num_trailing_attn).", DefaultValueFactory = _ => 10 },
         new Option<double>("--box-strength") { Description = "Amplification of the attention inside a box (the reference's noise_scale).", DefaultValueFactory = _ => 1.0 });
@@ -90,12 +85,7 @@ sealed record BoxOptions(Option<string[]> Boxes, Option<int> Steps, Option<int> 
     {
         if (r.GetValue(Boxes) is not { Length: > 0 } given) return null;
         if (prompts.Count != 1) throw new UserError("--box places the objects of one prompt at a time: give a single --prompt.");
-        var regions = given.Select(text =>
-        {
-            int eq = text.IndexOf('=');
-            if (eq <= 0) throw new UserError($"--box {text}: write word=left,right,top,bottom, e.g. --box \"cat=0,0.5,0,1\".");
-            return new DirectedRegion(PromptWords.RequireTokenPositions(model.Tokenizer, prompts[0], text[..eq].Trim()), Box.Parse(text[(eq + 1)..], $"--box {text}"));
-        }).ToList();
+        var regions = given.Select(text => DirectedRegion.Parse(model.Tokenizer, prompts[0], text, $"--box {text}")).ToList();
         var settings = new DirectedSettings { Regions = regions, Steps = r.GetValue(Steps), Trailing = r.GetValue(Trailing), Strength = r.GetValue(Strength) };
         settings.Validate();
         return settings;

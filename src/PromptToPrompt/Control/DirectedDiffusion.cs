@@ -1,5 +1,6 @@
 using System.Globalization;
 using PromptToPrompt.Models;
+using PromptToPrompt.Text;
 using static TorchSharp.torch;
 
 namespace PromptToPrompt.Control;
@@ -26,7 +27,20 @@ public readonly record struct Box(double Left, double Right, double Top, double 
 }
 
 /// <summary>One object placed by Directed Diffusion: the token positions of its words and its box.</summary>
-public sealed record DirectedRegion(IReadOnlyList<int> Tokens, Box Box);
+public sealed record DirectedRegion(IReadOnlyList<int> Tokens, Box Box)
+{
+    /// <summary>The region of <paramref name="word"/>'s tokens in <paramref name="prompt"/> (a user error listing the prompt's words when it is not there).</summary>
+    public static DirectedRegion ForWord(ClipTokenizer tokenizer, string prompt, string word, Box box) =>
+        new(PromptWords.RequireTokenPositions(tokenizer, prompt, word), box);
+
+    /// <summary>Parses <c>word=left,right,top,bottom</c> (the CLI's <c>--box</c>) for <paramref name="prompt"/>.</summary>
+    public static DirectedRegion Parse(ClipTokenizer tokenizer, string prompt, string text, string what)
+    {
+        int eq = text.IndexOf('=');
+        if (eq <= 0) throw new UserError($"{what}: write word=left,right,top,bottom, e.g. \"cat=0,0.5,0,1\".");
+        return ForWord(tokenizer, prompt, text[..eq].Trim(), Box.Parse(text[(eq + 1)..], what));
+    }
+}
 
 /// <summary>
 /// Directed Diffusion settings, with the defaults of the authors' example run (<c>bin/DDCmdMain.py</c>): 10 edited
@@ -63,9 +77,14 @@ public sealed record DirectedSettings
 /// </summary>
 public sealed class DirectedDiffusion : AttentionController
 {
-    const double Outside = 0.01;
+    const float Outside = 0.01f;
     readonly DirectedSettings _settings;
     readonly int[][] _tokens;
+    readonly Dictionary<(int, int), Layout> _layouts = [];
+
+    /// <summary>Per layer grid, what does not change from step to step: each box's cells x tokens, its Gaussian, and the
+    /// final factor (1 where a box keeps a token's map, 0.01 elsewhere).</summary>
+    sealed record Layout(Tensor[] Selected, Tensor[] Gaussian, Tensor Factor);
 
     /// <param name="promptTokens">The prompt's token count without the start and end tokens: the trailing maps start after it.</param>
     /// <param name="maxLength">The text encoder's sequence length: trailing maps stop at its last position.</param>
@@ -77,7 +96,9 @@ public sealed class DirectedDiffusion : AttentionController
         _tokens = settings.Regions.Select(r => r.Tokens.Concat(trailing).Distinct().Order().ToArray()).ToArray();
     }
 
-    public DirectedSettings Settings => _settings;
+    /// <summary>Directed Diffusion for <paramref name="prompt"/> as <paramref name="tokenizer"/> encodes it.</summary>
+    public static DirectedDiffusion For(ClipTokenizer tokenizer, string prompt, DirectedSettings settings) =>
+        new(settings, tokenizer.EncodeWithoutSpecials(prompt).Count, tokenizer.MaxLength);
 
     /// <summary>The amplification of step <paramref name="step"/>: <c>linspace(0, 9, Steps)</c> reversed.</summary>
     public double Level(int step) => _settings.Steps <= 1 ? 0 : 9.0 * (_settings.Steps - 1 - step) / (_settings.Steps - 1);
@@ -87,11 +108,27 @@ public sealed class DirectedDiffusion : AttentionController
     protected override Tensor OnConditionalMaps(in AttentionCall call, Tensor maps)
     {
         int h = call.Height, w = call.Width;
+        var layout = LayoutFor(h, w, maps);
+        using var scope = NewDisposeScope();
+        var grid = maps.reshape(maps.shape[0], maps.shape[1], h, w, maps.shape[^1]);
+        double scale = _settings.Strength * Level(CurrentStep);
+        // Box after box, as the reference assigns its slices: a later box amplifies what an earlier one left.
+        for (int i = 0; i < _tokens.Length; i++)
+            grid = where(layout.Selected[i], grid * scale + layout.Gaussian[i], grid);
+        return (grid * layout.Factor).reshape(maps.shape).MoveToOuterDisposeScope();
+    }
+
+    Layout LayoutFor(int h, int w, Tensor maps)
+    {
+        if (_layouts.TryGetValue((h, w), out var cached)) return cached;
         long k = maps.shape[^1];
         var device = maps.device;
         using var scope = NewDisposeScope();
-        var grid = maps.reshape(maps.shape[0], maps.shape[1], h, w, k);
+        var rows = arange(h, device: device).reshape(h, 1);
+        var columns = arange(w, device: device).reshape(1, w);
         var kept = zeros([h, w, k], ScalarType.Bool, device);
+        var selected = new Tensor[_tokens.Length];
+        var gaussian = new Tensor[_tokens.Length];
         for (int i = 0; i < _tokens.Length; i++)
         {
             var box = _settings.Regions[i].Box;
@@ -99,17 +136,24 @@ public sealed class DirectedDiffusion : AttentionController
             var chosen = new bool[k];
             foreach (var t in _tokens[i]) chosen[t] = true;
             var tokens = tensor(chosen, device: device);
-            var rows = arange(h, device: device).reshape(h, 1);
-            var columns = arange(w, device: device).reshape(1, w);
-            var inside = (rows >= top).logical_and(rows < bottom).logical_and(columns >= left).logical_and(columns < right);
-            var cross = (rows >= top).logical_and(rows < bottom).logical_or((columns >= left).logical_and(columns < right));
-            var selected = inside.unsqueeze(-1).logical_and(tokens);
-            var amplified = grid * (_settings.Strength * Level(CurrentStep)) + Gaussian(h, w, top, bottom, left, right, device).to(grid.dtype).unsqueeze(-1);
-            grid = where(selected, amplified, grid);
-            kept = where(tokens, kept.logical_or(inside.unsqueeze(-1)).logical_and(cross.unsqueeze(-1)), kept);
+            var inRows = (rows >= top).logical_and(rows < bottom);
+            var inColumns = (columns >= left).logical_and(columns < right);
+            var inside = inRows.logical_and(inColumns).unsqueeze(-1);
+            selected[i] = inside.logical_and(tokens).DetachFromDisposeScope();
+            gaussian[i] = Gaussian(h, w, top, bottom, left, right, device).to(maps.dtype).unsqueeze(-1).DetachFromDisposeScope();
+            // The reference: the kept mask of the box's tokens is OR-ed with the box, then AND-ed with its rows-or-columns cross.
+            kept = where(tokens, kept.logical_or(inside).logical_and(inRows.logical_or(inColumns).unsqueeze(-1)), kept);
         }
-        var factor = where(kept, tensor(1f, device: device), tensor((float)Outside, device: device)).to(grid.dtype);
-        return (grid * factor).reshape(maps.shape).MoveToOuterDisposeScope();
+        var factor = where(kept, tensor(1f, device: device), tensor(Outside, device: device)).to(maps.dtype).DetachFromDisposeScope();
+        return _layouts[(h, w)] = new Layout(selected, gaussian, factor);
+    }
+
+    public override void Dispose()
+    {
+        foreach (var layout in _layouts.Values)
+            foreach (var t in layout.Selected.Concat(layout.Gaussian).Append(layout.Factor)) t.Dispose();
+        _layouts.Clear();
+        base.Dispose();
     }
 
     /// <summary>

@@ -255,8 +255,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         var excite = request.Excite is { } settings
             ? new AttendAndExcite(model, cond, settings, scheduler.Timesteps.Count, height / model.VaeScale, width / model.VaeScale,
                                   model.Tokenizer.Tokenize(request.Prompts[0]).TokenCount - 1) : null;
-        using var directed = request.Boxes is { } boxes
-            ? new DirectedDiffusion(boxes, model.Tokenizer.EncodeWithoutSpecials(request.Prompts[0]).Count, model.Tokenizer.MaxLength) : null;
+        using var directed = request.Boxes is { } boxes ? DirectedDiffusion.For(model.Tokenizer, request.Prompts[0], boxes) : null;
         var run = controller ?? directed;
         Tensor final;
         using (model.UNet.Hooks.Use(run))

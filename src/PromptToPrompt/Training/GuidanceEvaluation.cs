@@ -1,7 +1,6 @@
 using PromptToPrompt.Control;
 using PromptToPrompt.Imaging;
 using PromptToPrompt.Pipelines;
-using PromptToPrompt.Text;
 
 namespace PromptToPrompt.Training;
 
@@ -38,7 +37,6 @@ public sealed class GuidanceEvaluation(StableDiffusionPipeline pipeline, int ste
         var shapes = Scenes.Shapes.Where(s => s != "ring").ToArray();
         var clock = new System.Diagnostics.Stopwatch();
         double plainSeconds = 0, exciteSeconds = 0, directedSeconds = 0;
-        int plainImages = 0;
         RgbImage Timed(GenerationRequest request, ref double seconds)
         {
             clock.Restart();
@@ -58,7 +56,6 @@ public sealed class GuidanceEvaluation(StableDiffusionPipeline pipeline, int ste
                 var objects = colours.Select(c => (Shape: Pick(rng, shapes), Colour: c, Size: rng.NextDouble() < 0.5 ? "large" : "small")).ToList();
                 var prompt = Scenes.Caption(objects.Select(o => (o.Shape, o.Colour, o.Size)), background, striped: false);
                 var request = Request(prompt, seed + i);
-                plainImages++;
                 if (colours.All(c => Present(Timed(request, ref plainSeconds), background, c))) plain++;
                 var excite = new ExciteSettings { TokenIndices = AttendAndExcite.SubjectTokens(pipeline.Model.Tokenizer, prompt, objects.Select(o => o.Shape).Distinct()) };
                 if (colours.All(c => Present(Timed(request with { Excite = excite }, ref exciteSeconds), background, c))) excited++;
@@ -77,18 +74,16 @@ public sealed class GuidanceEvaluation(StableDiffusionPipeline pipeline, int ste
             var colour = Pick(rng, Scenes.Colours.Keys.Where(c => c != background).ToArray());
             var shape = Pick(rng, shapes);
             var box = quadrants[rng.Next(quadrants.Length)];
-            var prompt = $"a small {colour} {shape} on a {background} background";
+            var prompt = Scenes.Caption([(shape, colour, "small")], background, striped: false);
             var request = Request(prompt, seed + 2000 + i);
-            plainImages++;
             if (InBox(Timed(request, ref plainSeconds), background, colour, box)) inPlain++;
-            var tokens = PromptWords.RequireTokenPositions(pipeline.Model.Tokenizer, prompt, shape);
             // The reference edits 10 of its 50 steps: the same share of this run's steps.
-            var directed = new DirectedSettings { Regions = [new DirectedRegion(tokens, box)], Steps = Math.Max(1, steps / 5) };
+            var directed = new DirectedSettings { Regions = [DirectedRegion.ForWord(pipeline.Model.Tokenizer, prompt, shape, box)], Steps = Math.Max(1, steps / 5) };
             if (InBox(Timed(request with { Boxes = directed }, ref directedSeconds), background, colour, box)) inDirected++;
             progress?.Report($"guidance: boxes {i + 1}/{samples}");
         }
         return new GuidanceReport(samples, two, three, ((double)inPlain / samples, (double)inDirected / samples),
-            (plainSeconds / plainImages, exciteSeconds / (2 * samples), directedSeconds / samples));
+            (plainSeconds / (3 * samples), exciteSeconds / (2 * samples), directedSeconds / samples));
     }
 
     GenerationRequest Request(string prompt, long seed) =>
@@ -104,8 +99,7 @@ public sealed class GuidanceEvaluation(StableDiffusionPipeline pipeline, int ste
         for (int i = 0; i < far.Length; i++)
         {
             if (!far[i]) continue;
-            int r = image.Pixels[3 * i], g = image.Pixels[3 * i + 1], b = image.Pixels[3 * i + 2];
-            mask[i] = Scenes.Colours.MinBy(c => Math.Pow(c.Value.R - r, 2) + Math.Pow(c.Value.G - g, 2) + Math.Pow(c.Value.B - b, 2)).Key == colour;
+            mask[i] = ShapesEvaluation.Nearest(Scenes.Colours, image.Pixels[3 * i], image.Pixels[3 * i + 1], image.Pixels[3 * i + 2]) == colour;
         }
         return mask;
     }

@@ -137,16 +137,20 @@ public sealed class Scenes(int size = 64)
     /// shape ("a circle, red"), no articles ("red circle on white"), the background clause short ("on white") or left
     /// out (plain backgrounds only: a caption without one asks for a plain background), a final full stop.
     /// </summary>
-    public static CaptionWords Describe(Scene scene, Random? rng)
+    public static CaptionWords Describe(Scene scene, Random? rng) =>
+        Describe(scene.Objects.Select(o => (o.Shape, o.Colour, o.SizeWord)).ToList(), scene.Background, scene.Striped, rng);
+
+    /// <summary>The same for objects described without a rendered scene; owners index <paramref name="objects"/>.</summary>
+    public static CaptionWords Describe(IReadOnlyList<(string Shape, string Colour, string SizeWord)> objects, string background, bool striped, Random? rng)
     {
         bool Chance(double p) => rng is not null && rng.NextDouble() < p;
         var words = new List<(string, int)>();
-        var order = Enumerable.Range(0, scene.Objects.Count).ToList();
+        var order = Enumerable.Range(0, objects.Count).ToList();
         if (rng is not null) order = [.. order.OrderBy(_ => rng.Next())];
         bool articles = !Chance(0.15);
         foreach (var index in order)
         {
-            var o = scene.Objects[index];
+            var o = objects[index];
             if (words.Count > 0) words.Add(("and", CaptionWords.Free));
             if (articles) words.Add(("a", CaptionWords.Free));
             bool size = !Chance(0.35), colourAfter = Chance(0.15);
@@ -157,18 +161,18 @@ public sealed class Scenes(int size = 64)
             if (colourAfter) { words.Add((",", CaptionWords.Free)); words.Add((o.Colour, index)); }
         }
         double clause = rng?.NextDouble() ?? 0;
-        if (scene.Striped || clause < 0.55)
+        if (striped || clause < 0.55)
         {
             words.Add(("on", CaptionWords.Free));
             words.Add(("a", CaptionWords.Free));
-            if (scene.Striped) words.Add(("striped", CaptionWords.Background));
-            words.Add((scene.Background, CaptionWords.Background));
+            if (striped) words.Add(("striped", CaptionWords.Background));
+            words.Add((background, CaptionWords.Background));
             words.Add(("background", CaptionWords.Background));
         }
         else if (clause < 0.75)
         {
             words.Add(("on", CaptionWords.Free));
-            words.Add((scene.Background, CaptionWords.Background));
+            words.Add((background, CaptionWords.Background));
         }
         if (Chance(0.1)) words.Add((".", CaptionWords.Free));
         return new CaptionWords(words);
@@ -176,7 +180,7 @@ public sealed class Scenes(int size = 64)
 
     /// <summary>The grammar's caption: <c>a large red circle and a small blue star on a [striped ]white background</c>.</summary>
     public static string Caption(IEnumerable<(string Shape, string Colour, string SizeWord)> objects, string background, bool striped) =>
-        string.Join(" and ", objects.Select(o => $"a {o.SizeWord} {o.Colour} {o.Shape}")) + $" on a {(striped ? "striped " : "")}{background} background";
+        Describe(objects.ToList(), background, striped, null).Text;
 
     static readonly System.Text.RegularExpressions.Regex CaptionPattern = new(
         @"^(?<objects>a (small|large) \w+ \w+( and a (small|large) \w+ \w+)*) on a (?<striped>striped )?(?<background>\w+) background$");

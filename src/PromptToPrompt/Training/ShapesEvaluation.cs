@@ -75,21 +75,16 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
 {
     const double ObjectDistance = 80;
 
-    public StableDiffusionPipeline Pipeline => pipeline;
-
     /// <param name="showEdit">Receives each word-swap sample: its name (<c>canonical_003</c>, <c>varied_003</c>), prompts
     /// and the images source, injected edit, plain regeneration, edit with local blend (for inspecting what the figures measure).</param>
     public ShapesReport Run(int samples, long seed, IProgress<string>? progress = null, Action<string, string[], RgbImage[]>? showEdit = null)
     {
-        var scenes = new Scenes(pipeline.Model.DefaultImageSize);
-        Scene Single(string background, string colour, string shape, string size) =>
-            scenes.Render([(shape, colour, size, scenes.Size / 2.0, scenes.Size / 2.0, scenes.Size * 0.2)], background, striped: false);
         // Canonical: "a large red circle on a white background". Varied: the same kind of scene described as people
         // type it (drawn by the evaluation's own seed, so these captions are not the training stream's).
         var canonical = Measure("canonical", samples, seed, new Random(Scenes.StableSeed(seed, 99)),
-            (_, bg, colour, shape) => Scenes.Describe(Single(bg, colour, shape, "large"), null), progress, showEdit);
+            (_, bg, colour, shape) => Scenes.Describe([(shape, colour, "large")], bg, false, null), progress, showEdit);
         var varied = Measure("varied", samples, seed, new Random(Scenes.StableSeed(seed, 98)),
-            (rng, bg, colour, shape) => Scenes.Describe(Single(bg, colour, shape, rng.NextDouble() < 0.5 ? "large" : "small"), rng), progress, showEdit);
+            (rng, bg, colour, shape) => Scenes.Describe([(shape, colour, rng.NextDouble() < 0.5 ? "large" : "small")], bg, false, rng), progress, showEdit);
         return new ShapesReport(samples, canonical, varied, VaeError(samples, seed));
     }
 
@@ -132,15 +127,16 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
             var plain = Generate(prompts, 1000 + seed + i, new AttentionReplace(tokenizer, prompts, steps, new EditSchedule(0.0, StepWindow.Until(0))));
             var blended = Generate(prompts, 1000 + seed + i, new AttentionReplace(tokenizer, prompts, steps, schedule,
                 new LocalBlend(tokenizer, prompts, new LocalBlendOptions([[shape], [shape]], blendThreshold), steps)))[1];
-            string Bg(RgbImage image) => Background(words, bg, image);
-            var source = ObjectMask(injected[0], Bg(injected[0]), from);
-            var edit = ObjectMask(injected[1], Bg(injected[1]), to);
-            var blendedEdit = ObjectMask(blended, Bg(blended), to);
+            var (sourceBg, editBg) = (Background(words, bg, injected[0]), Background(words, bg, injected[1]));
+            var (plainSourceBg, plainEditBg) = (Background(words, bg, plain[0]), Background(words, bg, plain[1]));
+            var source = ObjectMask(injected[0], sourceBg, from);
+            var edit = ObjectMask(injected[1], editBg, to);
+            var blendedEdit = ObjectMask(blended, Background(words, bg, blended), to);
             iouWith += IoU(source, edit);
-            iouWithout += IoU(ObjectMask(plain[0], Bg(plain[0]), from), ObjectMask(plain[1], Bg(plain[1]), to));
+            iouWithout += IoU(ObjectMask(plain[0], plainSourceBg, from), ObjectMask(plain[1], plainEditBg, to));
             iouBlend += IoU(source, blendedEdit);
-            if (ObjectColour(injected[1], Bg(injected[1])) == to) newWith++;
-            if (ObjectColour(plain[1], Bg(plain[1])) == to) newWithout++;
+            if (ObjectColour(injected[1], editBg) == to) newWith++;
+            if (ObjectColour(plain[1], plainEditBg) == to) newWithout++;
             outsideBlend += OutsideChange(injected[0], blended, source, blendedEdit);
             outsideNoBlend += OutsideChange(injected[0], injected[1], source, edit);
             showEdit?.Invoke($"{name}_{i:D3}", prompts, [injected[0], injected[1], plain[1], blended]);
@@ -157,9 +153,12 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
         int w = image.Width, h = image.Height;
         var border = Enumerable.Range(0, w * h).Where(i => i % w == 0 || i % w == w - 1 || i / w == 0 || i / w == h - 1).ToList();
         double Median(int channel) => border.Select(i => (double)image.Pixels[3 * i + channel]).Order().ElementAt(border.Count / 2);
-        double r = Median(0), g = Median(1), b = Median(2);
-        return Scenes.BackgroundColours.MinBy(c => Math.Pow(c.Value.R - r, 2) + Math.Pow(c.Value.G - g, 2) + Math.Pow(c.Value.B - b, 2)).Key;
+        return Nearest(Scenes.BackgroundColours, Median(0), Median(1), Median(2));
     }
+
+    /// <summary>The name of the colour of <paramref name="palette"/> nearest to (r, g, b).</summary>
+    public static string Nearest(IReadOnlyDictionary<string, (byte R, byte G, byte B)> palette, double r, double g, double b) =>
+        palette.MinBy(c => Math.Pow(c.Value.R - r, 2) + Math.Pow(c.Value.G - g, 2) + Math.Pow(c.Value.B - b, 2)).Key;
 
     /// <summary>Mean absolute pixel change (0..255) of training-distribution scenes through the VAE and back.</summary>
     double VaeError(int samples, long seed)
@@ -236,8 +235,7 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
         int n = 0;
         for (int i = 0; i < mask.Length; i++)
             if (mask[i]) { r += image.Pixels[3 * i]; g += image.Pixels[3 * i + 1]; b += image.Pixels[3 * i + 2]; n++; }
-        (r, g, b) = (r / Math.Max(1, n), g / Math.Max(1, n), b / Math.Max(1, n));
-        return Scenes.Colours.OrderBy(c => Math.Pow(c.Value.R - r, 2) + Math.Pow(c.Value.G - g, 2) + Math.Pow(c.Value.B - b, 2)).First().Key;
+        return Nearest(Scenes.Colours, r / Math.Max(1, n), g / Math.Max(1, n), b / Math.Max(1, n));
     }
 
     RgbImage[] Generate(string[] prompts, long seed, AttentionController? controller)
@@ -292,8 +290,7 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
         for (int i = 0; i < mask.Length; i++)
             if (mask[i]) { r += image.Pixels[3 * i]; g += image.Pixels[3 * i + 1]; b += image.Pixels[3 * i + 2]; n++; }
         if (n < mask.Length / 100) return null;
-        (r, g, b) = (r / n, g / n, b / n);
-        return Scenes.Colours.OrderBy(c => Math.Pow(c.Value.R - r, 2) + Math.Pow(c.Value.G - g, 2) + Math.Pow(c.Value.B - b, 2)).First().Key;
+        return Nearest(Scenes.Colours, r / n, g / n, b / n);
     }
 
     public static double IoU(bool[] a, bool[] b)
