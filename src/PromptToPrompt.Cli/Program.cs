@@ -8,6 +8,7 @@ var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diff
     SweepCommand.Create(),
     AttentionCommand.Create(),
     InvertCommand.Create(),
+    ZeroCommand.Create(),
     InstructCommand.Create(),
     DatasetCommand.Create(),
     ServeCommand.Create(),

@@ -82,23 +82,7 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
         var cond = pipeline.EncodePrompts([prompt]).to(dtype).to(device);
         var empty = pipeline.EncodePrompts([""]).to(dtype).to(device);
 
-        // DDIM inversion: noise from the conditional embedding only (guidance 1), x_{t-1} -> x_t.
-        var trajectory = new List<Tensor> { latent };
-        using (no_grad())
-        {
-            var x = latent;
-            for (int i = 0; i < n; i++)
-            {
-                cancel.ThrowIfCancellationRequested();
-                using var pause = CollectionPause.Begin();
-                int stepIndex = n - 1 - i;
-                var eps = Predict(x, scheduler.Timesteps[stepIndex], cond);
-                x = scheduler.InvertStep(eps, stepIndex, x);
-                trajectory.Add(x);
-                progress?.Report(new InversionProgress("DDIM inversion", i + 1, n, 0, 0, double.NaN, clock.Elapsed));
-            }
-        }
-
+        var trajectory = DdimTrajectory(latent, cond, scheduler, null, progress, clock, cancel);
         Tensor nullEmbeddings = settings.Method switch
         {
             InversionMethod.Ddim or InversionMethod.Direct => empty.unsqueeze(0).expand(n, -1, -1, -1).contiguous(),
@@ -108,6 +92,32 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
         var ddim = stack(trajectory.Select(t => t.to(ScalarType.Float32).cpu()).ToArray());
         return new InversionResult(trajectory[^1].to(ScalarType.Float32).cpu().MoveToOuterDisposeScope(),
             nullEmbeddings.to(ScalarType.Float32).cpu().MoveToOuterDisposeScope(), ddim.MoveToOuterDisposeScope(), settings, prompt);
+    }
+
+    /// <summary>
+    /// DDIM inversion of <paramref name="latent"/>: the noise predicted from the conditional embedding only (guidance 1),
+    /// optionally changed by <paramref name="regularize"/> (pix2pix-zero's noise regularisation), then x_{t-1} -> x_t.
+    /// Index 0 of the result is the latent itself, index k the latent after k inversion steps.
+    /// </summary>
+    public List<Tensor> DdimTrajectory(Tensor latent, Tensor cond, DdimScheduler scheduler, Func<Tensor, Tensor>? regularize,
+                                       IProgress<InversionProgress>? progress, Stopwatch clock, CancellationToken cancel, string phase = "DDIM inversion")
+    {
+        int n = scheduler.Timesteps.Count;
+        var trajectory = new List<Tensor> { latent };
+        using var _ = no_grad();
+        var x = latent;
+        for (int i = 0; i < n; i++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            using var pause = CollectionPause.Begin();
+            int stepIndex = n - 1 - i;
+            var eps = Predict(x, scheduler.Timesteps[stepIndex], cond);
+            if (regularize is not null) eps = regularize(eps);
+            x = scheduler.InvertStep(eps, stepIndex, x);
+            trajectory.Add(x);
+            progress?.Report(new InversionProgress(phase, i + 1, n, 0, 0, double.NaN, clock.Elapsed));
+        }
+        return trajectory;
     }
 
     Tensor Predict(Tensor x, double t, Tensor context)

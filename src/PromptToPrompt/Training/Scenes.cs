@@ -200,6 +200,42 @@ public sealed class Scenes(int size = 64)
         return (objects, m.Groups["background"].Value, m.Groups["striped"].Success);
     }
 
+    /// <summary>
+    /// Paired sentences for a pix2pix-zero edit direction from <paramref name="from"/> to <paramref name="to"/> (two colours,
+    /// two shapes or two backgrounds of the grammar): canonical captions of random one- to three-object scenes naming
+    /// <paramref name="from"/> (an object's colour or shape, or the background), and the same captions naming <paramref name="to"/>.
+    /// </summary>
+    public static (List<string> From, List<string> To) DirectionSentences(string from, string to, int count, int seed)
+    {
+        // A word that is a colour and a background ("blue") is taken as what the other word is.
+        string? kind = new[] { "colour", "shape", "background" }.FirstOrDefault(k => Is(from, k) && Is(to, k));
+        if (kind is null || from == to)
+            throw new UserError($"'{from}' -> '{to}' is not an edit the shapes grammar can describe: give two colours ({string.Join(", ", Colours.Keys)}), " +
+                                $"two shapes ({string.Join(", ", Shapes)}) or two backgrounds ({string.Join(", ", Backgrounds)}), or sentence files with --directions DIR.");
+        var rng = new Random(seed);
+        var a = new List<string>();
+        var b = new List<string>();
+        for (int i = 0; i < count; i++)
+        {
+            var objects = Enumerable.Range(0, rng.Next(1, 4)).Select(_ => (Shape: Shapes[rng.Next(Shapes.Length)],
+                Colour: Colours.Keys.ElementAt(rng.Next(Colours.Count)), SizeWord: rng.Next(2) == 0 ? "small" : "large")).ToList();
+            var background = Backgrounds[rng.Next(Backgrounds.Length)];
+            bool striped = rng.NextDouble() < 0.2;
+            int which = rng.Next(objects.Count);
+            string Sentence(string word)
+            {
+                var o = objects.ToList();
+                o[which] = kind switch { "colour" => o[which] with { Colour = word }, "shape" => o[which] with { Shape = word }, _ => o[which] };
+                return Caption(o, kind == "background" ? word : background, striped);
+            }
+            a.Add(Sentence(from));
+            b.Add(Sentence(to));
+        }
+        return (a, b);
+
+        bool Is(string word, string k) => k switch { "colour" => Colours.ContainsKey(word), "shape" => Shapes.Contains(word), _ => Backgrounds.Contains(word) };
+    }
+
     /// <summary>A seed mixed from two numbers, the same in every process (unlike HashCode.Combine).</summary>
     public static int StableSeed(long a, long b)
     {

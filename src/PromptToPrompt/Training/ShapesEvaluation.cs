@@ -5,6 +5,19 @@ using PromptToPrompt.Pipelines;
 
 namespace PromptToPrompt.Training;
 
+/// <summary>One way of recolouring a drawn object: share of edits whose object took the new colour (the mean colour of the
+/// pixels away from the background, wherever they are), mean IoU of the edited object's mask with the drawn one (where it is), mean pixel change (0..255) away from the object, seconds per edit (inversion included).</summary>
+public sealed record ZeroMethodReport(double NewColour, double MaskIoU, double OutsideChange, double Seconds);
+
+/// <summary>pix2pix-zero beside Prompt-to-Prompt after null-text inversion on the same drawn scenes.</summary>
+public sealed record ZeroReport(int Samples, ZeroMethodReport Zero, ZeroMethodReport PromptToPrompt)
+{
+    public string ToTable() => string.Join("\n", [
+        $"{$"recolouring a drawn object, {Samples} scenes",-48} {"new colour",10}   {"mask IoU",8}   {"outside",7}   {"s/edit",6}",
+        .. new[] { ("pix2pix-zero (regularised DDIM inversion)", Zero), ("Prompt-to-Prompt after null-text inversion", PromptToPrompt) }
+            .Select(x => $"  {x.Item1,-46} {x.Item2.NewColour,10:P0}   {x.Item2.MaskIoU,8:0.000}   {x.Item2.OutsideChange,7:0.0}   {x.Item2.Seconds,6:0.0}")]);
+}
+
 /// <summary>Measured quality of a model trained on <see cref="Scenes"/> for one set of captions.</summary>
 /// <param name="ColourAccuracy">Share of single-object captions whose generated object has the caption's colour.</param>
 /// <param name="SwapIoUWithInjection">Mean IoU of the object mask between source and word-swap edit, with Prompt-to-Prompt.</param>
@@ -226,6 +239,71 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
         }
         return new InversionReport(samples, vae / samples,
             methods.Select((m, k) => new InversionMethodReport(m, psnr[k] / samples, seconds[k] / samples, newColour[k] / samples, outside[k] / samples)).ToList());
+    }
+
+    /// <summary>
+    /// pix2pix-zero beside Prompt-to-Prompt after null-text inversion, on drawn one-object scenes: each recolours the object
+    /// (a random other colour) of the scene its caption describes; pix2pix-zero with its defaults and a direction from the
+    /// grammar's sentences, Prompt-to-Prompt as <see cref="MeasureInversion"/> edits (word swap with local blend).
+    /// </summary>
+    /// <param name="showEdit">Receives each sample: its name (<c>zero_003</c>), captions and the images scene, pix2pix-zero edit, Prompt-to-Prompt edit.</param>
+    public ZeroReport MeasureZero(int samples, long seed, IProgress<string>? progress = null, Action<string, string[], RgbImage[]>? showEdit = null)
+    {
+        var scenes = new Scenes(pipeline.Model.DefaultImageSize);
+        var rng = new Random(Scenes.StableSeed(seed, 91));
+        var zero = new Pix2PixZero(pipeline);
+        var inversion = new Inversion(pipeline);
+        var settings = new ZeroSettings { Steps = steps, Seed = seed };
+        var directions = new Dictionary<(string, string), EditDirection>();
+        var sums = new double[2, 4];
+        try
+        {
+            for (int i = 0; i < samples; i++)
+            {
+                var scene = scenes.Generate(seed + 700, i, objectCount: 1);
+                var obj = scene.Objects[0];
+                var to = Scenes.Colours.Keys.Where(c => c != obj.Colour && c != scene.Background).OrderBy(_ => rng.Next()).First();
+                var clock = System.Diagnostics.Stopwatch.StartNew();
+                if (!directions.TryGetValue((obj.Colour, to), out var direction))
+                {
+                    var (a, b) = Scenes.DirectionSentences(obj.Colour, to, Editing.ZeroEditing.GrammarSentences, 0);
+                    directions[(obj.Colour, to)] = direction = zero.Direction(obj.Colour, to, a, b, "shapes grammar");
+                }
+                RgbImage zeroEdit;
+                using (var xT = zero.Invert(scene.Image, scene.Caption, settings))
+                using (var result = zero.Edit(xT, scene.Caption, direction, settings))
+                    zeroEdit = result.Edit;
+                Add(0, zeroEdit, clock.Elapsed.TotalSeconds);
+
+                clock.Restart();
+                using var inverted = inversion.Invert(scene.Image, scene.Caption, new InversionSettings(InversionMethod.NullText, steps, 10, guidance));
+                using var cache = new SourceCache();
+                var session = new EditSession(pipeline.Model, EditSession.FromInversion(inverted, ReferenceVariant.PromptToPrompt, "evaluation"), cache);
+                var target = scene.Caption.Replace($"{obj.Colour} {obj.Shape}", $"{to} {obj.Shape}");
+                using var edit = session.Edit(new EditRequest([target], new EditDescription
+                {
+                    Edit = EditKind.Replace, CrossReplaceSteps = crossReplace, SelfReplaceSteps = StepWindow.Until(selfReplace),
+                    LocalBlend = new LocalBlendOptions([[obj.Shape], [obj.Shape]], blendThreshold),
+                }));
+                Add(1, edit.Images[1], clock.Elapsed.TotalSeconds);
+                showEdit?.Invoke($"zero_{i:000}", [scene.Caption, $"pix2pix-zero {obj.Colour} -> {to}", target], [scene.Image, zeroEdit, edit.Images[1]]);
+                progress?.Report($"pix2pix-zero {i + 1}/{samples}");
+
+                void Add(int method, RgbImage image, double seconds)
+                {
+                    if (ObjectColour(image, scene.Background) == to) sums[method, 0]++;
+                    sums[method, 1] += IoU(ObjectMask(image, scene.Background, to), obj.Mask);
+                    sums[method, 2] += OutsideChange(scene.Image, image, obj.Mask, obj.Mask);
+                    sums[method, 3] += seconds;
+                }
+            }
+        }
+        finally
+        {
+            foreach (var d in directions.Values) d.Dispose();
+        }
+        ZeroMethodReport Mean(int m) => new(sums[m, 0] / samples, sums[m, 1] / samples, sums[m, 2] / samples, sums[m, 3] / samples);
+        return new ZeroReport(samples, Mean(0), Mean(1));
     }
 
     /// <summary>The palette colour nearest to the mean colour of the pixels in <paramref name="mask"/>.</summary>

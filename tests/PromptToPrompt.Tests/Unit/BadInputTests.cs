@@ -52,6 +52,8 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
             BinaryPrimitives.WriteUInt16BigEndian(jpeg.AsSpan(sof + 5), 50000);  // SOF0: length, precision, height, width
             BinaryPrimitives.WriteUInt16BigEndian(jpeg.AsSpan(sof + 7), 50000);
             File.WriteAllBytes(_dir.File("huge.jpg"), jpeg);
+            Directory.CreateDirectory(_dir.File("directions"));
+            File.WriteAllText(_dir.File("directions/red.txt"), "a red ball\n\na red ball on grass\na red apple\n");
             File.WriteAllBytes(_dir.File("cut.png"), Png.Encode(new RgbImage(64, 64, new byte[64 * 64 * 3]))[..60]);
         }
 
@@ -81,6 +83,7 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
     const string Gen = "generate|--model|{model}|--prompt|a red fox|--out|{out}/o.png";
     const string Edit = "edit|--model|{model}|--prompt|a cat riding a bicycle|--steps|2|--out|{out}/edit";
     const string EditDog = Edit + "|--target|a dog riding a bicycle";
+    const string Zero = "zero|--model|{model}|--image|{photo}|--prompt|a red ball|--out|{out}/z";
 
     public static TheoryData<string, string> Rows() => new()
     {
@@ -156,6 +159,12 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
         { "instruct|--model|{ip2p}|--image|{photo}|--instruction|make it blue|--image-guidance|nan|--out|{out}/i.png", "'nan' is not a finite number" },
         { EditDog.Replace("{model}", "{ip2p}"), "is an InstructPix2Pix model" },
         { "invert|--model|{ip2p}|--image|{photo}|--prompt|x|--out|{out}/inv.safetensors", "use p2p instruct with it" },
+        // pix2pix-zero
+        { Zero + "|--from|red|--to|blue|--directions|{files}/directions", "has 3 sentences; an edit direction needs at least 10" },
+        { Zero + "|--from|red|--to|circle", "'red' -> 'circle' is not an edit the shapes grammar can describe" },
+        { Zero + "|--from|red|--to|blue|--xa-guidance|-1", "--xa-guidance must be a finite number of at least 0; got -1" },
+        { Zero + "|--from|red|--to|blue|--directions|{files}/nowhere", "is not a folder" },
+        { Zero + "|--from|../x|--to|blue|--directions|{files}/directions", "is not a word" },
         // sweeps
         { EditDog.Replace("edit|", "sweep|") + "|--cross-replace|0.2,abc", "abc" },
     };

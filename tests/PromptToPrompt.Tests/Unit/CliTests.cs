@@ -87,6 +87,7 @@ public class CliTests
     [InlineData("--samples|0", "error: --samples must be at least 1; got 0.")]
     [InlineData("--inversion-samples|-2", "error: --inversion-samples must be 0 (skip) or more; got -2.")]
     [InlineData("--guidance-samples|-1", "error: --guidance-samples must be 0 (skip) or more; got -1.")]
+    [InlineData("--zero-samples|-1", "error: --zero-samples must be 0 (skip) or more; got -1.")]
     public void Eval_shapes_refuses_sample_counts_out_of_range(string extra, string message)
     {
         var (code, stdout, stderr) = RunP2P(["eval-shapes", .. extra.Split('|')]);
@@ -252,5 +253,34 @@ public class ExciteCliTests
             Assert.True(c == 1, $"{string.Join(" ", args)}: exit {c}\n{err}");
             Assert.Contains(message, err);
         }
+    }
+}
+
+/// <summary><c>p2p zero</c>: a photo edited along a direction read from sentence files, with its record in the PNGs.</summary>
+public class ZeroCliTests
+{
+    [Fact]
+    public void Zero_writes_the_edit_and_reconstruction_with_their_parameters()
+    {
+        using var dir = new TempDir();
+        Directory.CreateDirectory(dir.File("directions"));
+        File.WriteAllLines(dir.File("directions/red.txt"), Enumerable.Range(0, 12).Select(i => $"a red ball number {i}"));
+        File.WriteAllLines(dir.File("directions/blue.txt"), Enumerable.Range(0, 10).Select(i => $"a blue ball number {i}").Append(""));
+        var (code, stdout, stderr) = CliTests.RunP2P("zero", "--model", ConformanceData.ModelPath, "--image", ConformanceData.Golden("inversion/images/inv01_red_ball_image_gt.png"),
+            "--prompt", "a red ball", "--from", "red", "--to", "blue", "--directions", dir.File("directions"), "--steps", "3", "--xa-guidance", "0",
+            "--width", "64", "--height", "64", "--out", dir.File("z"));
+        Assert.True(code == 0, stderr);
+        Assert.Contains($"direction red -> blue from 12 + 10 sentences ({dir.File("directions")}); reconstruction PSNR ", stderr);
+        Assert.Equal([dir.File("z/edit.png"), dir.File("z/reconstruction.png")], stdout.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.Equal(64, RgbImage.Load(dir.File("z/edit.png")).Width);
+        var json = Png.ReadText(dir.File("z/edit.png"))["prompt-to-prompt"];
+        Assert.Contains("\"method\":\"pix2pix-zero\",\"from\":\"red\",\"to\":\"blue\"", json);
+        Assert.Contains("\"from_sentences\":12,\"to_sentences\":10,\"steps\":3", json);
+        Assert.Contains("\"xa_guidance\":0,", json);
+
+        (code, _, stderr) = CliTests.RunP2P("zero", "--model", ConformanceData.ModelPath, "--image", ConformanceData.Golden("inversion/images/inv01_red_ball_image_gt.png"),
+            "--prompt", "a red ball", "--from", "red", "--to", "blue", "--directions", dir.File("directions"), "--steps", "3", "--out", dir.File("z"));
+        Assert.Equal(1, code);
+        Assert.Contains("--overwrite", stderr);
     }
 }
