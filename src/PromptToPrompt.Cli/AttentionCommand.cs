@@ -20,12 +20,14 @@ static class AttentionCommand
         var overwrite = CliSupport.Overwrite();
         var output = new Option<string>("--out", "-o") { Description = "Output folder: image.png, tokens.png, step_NNN.png, layer_*.png, self_components.png.", Required = true };
         var modelOptions = CliSupport.ModelOptions.Create();
+        var excite = ExciteOptions.Create();
+        var boxes = BoxOptions.Create();
 
         var command = new Command("attention", "Generate an image and show where each token attends (cross-attention maps).")
         {
             model, prompt, saveMaps, overwrite, output,
         };
-        foreach (var o in sampling.All.Concat(view.All).Concat(modelOptions.All)) command.Options.Add(o);
+        foreach (var o in sampling.All.Concat(view.All).Concat(modelOptions.All).Concat(excite.All).Concat(boxes.All)) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             var options = view.Parse(r);
@@ -40,7 +42,8 @@ static class AttentionCommand
             using var _ = initial;
             using var sd = modelOptions.Load(r, r.GetValue(model));
             var text = r.GetValue(prompt)!;
-            var (session, resolved) = new EditSession(sd, sampling.Source(r, text, initial, seedValue), log: CliSupport.Warn).ForViews(options);
+            var source = sampling.Source(r, text, initial, seedValue) with { Excite = excite.Settings(r, sd, [text]), Boxes = boxes.Settings(r, sd, [text]) };
+            var (session, resolved) = new EditSession(sd, source, log: CliSupport.Warn).ForViews(options);
             options = resolved;
             using var result = session.Edit(new EditRequest([], new EditDescription { Edit = EditKind.Store }), options,
                 new ConsoleProgress("denoising"), CliSupport.Cancellation);

@@ -44,13 +44,15 @@ static class EditCommand
         var saveInversion = new Option<string?>("--save-inversion") { Description = "With --image: also write the inversion file." };
         var photo = InvertCommand.PhotoOptions.Create();
         var cacheOptions = CliSupport.CacheOptions.Create();
+        var excite = ExciteOptions.Create();
+        var boxes = BoxOptions.Create();
 
         var command = new Command("edit", "Edit an image by editing its prompt (Prompt-to-Prompt).")
         {
             spec, model, prompt, target, edit, cross, self, blend, threshold, reweight, variant, negative, seed, steps, guidance,
             scheduler, width, height, latent, saveLatents, overwrite, output, showAttention, inversion, image, saveInversion,
         };
-        foreach (var o in view.All.Concat(photo.All).Concat(cacheOptions.All).Concat(modelOptions.All)) command.Options.Add(o);
+        foreach (var o in view.All.Concat(photo.All).Concat(cacheOptions.All).Concat(modelOptions.All).Concat(excite.All).Concat(boxes.All)) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             // An inversion (from a file, or made here from --image) fixes the source prompt, x_T, steps, guidance and scheduler.
@@ -58,6 +60,8 @@ static class EditCommand
             var imagePath = r.GetValue(image);
             if (inversionFile is not null && imagePath is not null) throw new UserError("Give --inversion or --image, not both.");
             if (imagePath is not null && !File.Exists(imagePath)) throw new UserError($"Image not found: {imagePath}.");
+            bool guided = excite.Given(r) || boxes.Given(r);
+            if (guided && (inversionFile is not null || imagePath is not null)) throw SourceSettings.GuidedInversionError();
 
             EditSpec s;
             var flagsForSpec = new Option[] { prompt, target, edit, cross, self, blend, threshold, reweight, variant };
@@ -99,8 +103,9 @@ static class EditCommand
             foreach (var f in files.Append(latentsPath).Append(saveInversionPath).OfType<string>()) AtomicFile.EnsureWritable(f, replace);
             var storage = cacheOptions.Storage(r);
             bool direct = inversionFile?.DdimLatents is not null || (imagePath is not null && photo.ParseMethod(r) == InversionMethod.Direct);
-            // A direct inversion's source is its recorded trajectory, so it always edits through a (memory) cache.
-            using var cache = cacheOptions.Create(r, always: direct);
+            // A direct inversion's source is its recorded trajectory, and a guided source is recorded once and its edits
+            // run alone, so both always edit through a (memory) cache.
+            using var cache = cacheOptions.Create(r, always: direct || guided);
             using var initial = s.Latent is { } lp ? CliSupport.ReadLatent(lp) : null;
             long seedValue = s.Seed ?? Random.Shared.NextInt64(0, 1L << 32);
 
@@ -126,7 +131,10 @@ static class EditCommand
             else
             {
                 if (initial is null) Console.Error.WriteLine($"seed {seedValue}");
-                source = SourceSettings.FromSpec(s, initial, seedValue);
+                source = SourceSettings.FromSpec(s, initial, seedValue) with
+                {
+                    Excite = excite.Settings(r, sd, [s.Prompts[0]]), Boxes = boxes.Settings(r, sd, [s.Prompts[0]]),
+                };
             }
             var session = new EditSession(sd, source with { CacheStorage = storage }, cache, CliSupport.Warn);
             if (show) (session, viewOptions) = session.ForViews(viewOptions);

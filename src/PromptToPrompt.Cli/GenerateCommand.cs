@@ -39,7 +39,7 @@ static class GenerateCommand
             var pipeline = new StableDiffusionPipeline(sd, CliSupport.Warn);
             var request = sampling.Request(r, prompts, initial, seedValue) with { Excite = excite.Settings(r, sd, prompts), Boxes = boxes.Settings(r, sd, prompts) };
             var result = pipeline.Generate(request, new ConsoleProgress("denoising"), null, CliSupport.Cancellation);
-            if (result.Excite is { } steps) Console.Error.WriteLine(ExciteOptions.Summary(steps));
+            if (result.Excite is { } steps) Console.Error.WriteLine(AttendAndExcite.Summary(steps));
             using (result.Latents)
             {
                 for (int i = 0; i < prompts.Length; i++)
@@ -80,6 +80,7 @@ sealed record BoxOptions(Option<string[]> Boxes, Option<int> Steps, Option<int> 
         new Option<double>("--box-strength") { Description = "Amplification of the attention inside a box (the reference's noise_scale).", DefaultValueFactory = _ => 1.0 });
 
     public IEnumerable<Option> All => [Boxes, Steps, Trailing, Strength];
+    public bool Given(ParseResult r) => r.GetValue(Boxes) is { Length: > 0 };
 
     public DirectedSettings? Settings(ParseResult r, StableDiffusionModel model, IReadOnlyList<string> prompts)
     {
@@ -103,6 +104,7 @@ sealed record ExciteOptions(Option<string?> Words, Option<int> Steps, Option<dou
         new Option<bool>("--excite-normalize-eot") { Description = "Softmax over the prompt's own tokens only (the reference's SD 2.1 setting)." });
 
     public IEnumerable<Option> All => [Words, Steps, Scale, Thresholds, NormalizeEot];
+    public bool Given(ParseResult r) => r.GetValue(Words) is not null;
 
     public ExciteSettings? Settings(ParseResult r, StableDiffusionModel model, IReadOnlyList<string> prompts)
     {
@@ -131,14 +133,5 @@ sealed record ExciteOptions(Option<string?> Words, Option<int> Steps, Option<dou
             result[step] = value;
         }
         return result;
-    }
-
-    /// <summary>One line: steps updated, where refinement ran, and the last step's peak attention per subject.</summary>
-    public static string Summary(IReadOnlyList<ExciteStep> steps)
-    {
-        var inv = System.Globalization.CultureInfo.InvariantCulture;
-        var refined = steps.Where(s => s.RefinedLoss is not null).Select(s => $"{s.Step} ({s.Refinement.Count})").ToList();
-        return string.Format(inv, "attend-and-excite: latent updated at {0} step(s); refinement at step(s) {1}; loss {2:0.###} at step 0, {3:0.###} at step {4}",
-            steps.Count(s => s.Updated), refined.Count > 0 ? string.Join(", ", refined) : "none", steps[0].InitialLoss, steps[^1].InitialLoss, steps[^1].Step);
     }
 }

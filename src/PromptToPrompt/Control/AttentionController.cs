@@ -11,6 +11,13 @@ namespace PromptToPrompt.Control;
 public interface IDenoisingObserver
 {
     void OnStepStart(int stepIndex, int totalSteps);
+
+    /// <summary>
+    /// The latents the step's UNet pass and scheduler step will use: <paramref name="latents"/>, which latent guidance
+    /// (Attend-and-Excite) may have moved from <paramref name="unguided"/>; may replace them. Default: unchanged.
+    /// </summary>
+    Tensor OnPassStart(int stepIndex, Tensor unguided, Tensor latents) => latents;
+
     Tensor OnStepEnd(int stepIndex, Tensor latents);
 }
 

@@ -8,7 +8,9 @@ namespace PromptToPrompt.Control;
 /// Runs edits with the source taken from a <see cref="SourceTrajectory"/>: the batch holds the targets only
 /// (<c>[uncond_targets, cond_targets]</c>), and each edit's controller — built for <c>[source, its targets]</c> as in a
 /// batched run — sees the source's cached maps and latents in row 0. Several edits (each with its own schedule,
-/// mappers and blend) share one batch: edit g owns <see cref="Group.Targets"/> consecutive rows.
+/// mappers and blend) share one batch: edit g owns <see cref="Group.Targets"/> consecutive rows. When latent guidance
+/// moved the source (Attend-and-Excite), every target is moved by the same amount before each pass, so the targets keep
+/// sharing the source's noise as in a Prompt-to-Prompt batch.
 /// </summary>
 public sealed class CachedSourceEdit(SourceTrajectory source, IReadOnlyList<CachedSourceEdit.Group> groups) : IRunController
 {
@@ -52,6 +54,9 @@ public sealed class CachedSourceEdit(SourceTrajectory source, IReadOnlyList<Cach
         _step = stepIndex;
         foreach (var g in groups) g.Controller.OnStepStart(stepIndex, totalSteps);
     }
+
+    public Tensor OnPassStart(int stepIndex, Tensor unguided, Tensor latents) =>
+        source.Shifts is { } shifts ? latents + shifts[stepIndex].to(latents.device).unsqueeze(0) : latents;
 
     public Tensor OnStepEnd(int stepIndex, Tensor latents)
     {

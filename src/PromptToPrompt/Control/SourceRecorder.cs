@@ -7,7 +7,8 @@ namespace PromptToPrompt.Control;
 /// <summary>
 /// Records a source run (one prompt, batch <c>[uncond, cond]</c> or <c>[cond]</c> without guidance) into a
 /// <see cref="SourceTrajectory"/>: the conditional maps of the layers kept as maps, the conditional queries (and keys)
-/// of the others, and the latents after each step. It changes nothing in the run, except for direct inversion:
+/// of the others, the latents after each step and, when latent guidance moves the source (Attend-and-Excite), each
+/// step's move. It changes nothing in the run, except for direct inversion:
 /// given the DDIM-inverted trajectory, it puts the source latent back onto it after every step (Ju et al. 2023).
 /// </summary>
 public sealed class SourceRecorder(SourceTrajectory trajectory, Tensor? putBack = null) : IRunController
@@ -43,6 +44,12 @@ public sealed class SourceRecorder(SourceTrajectory trajectory, Tensor? putBack 
     }
 
     public void OnStepStart(int stepIndex, int totalSteps) => _step = stepIndex;
+
+    public Tensor OnPassStart(int stepIndex, Tensor unguided, Tensor latents)
+    {
+        if (trajectory.Shifts is { } shifts) shifts[stepIndex].copy_((latents - unguided)[0]);
+        return latents;
+    }
 
     /// <param name="latents">[1, C, h, w] after the scheduler step.</param>
     public Tensor OnStepEnd(int stepIndex, Tensor latents)

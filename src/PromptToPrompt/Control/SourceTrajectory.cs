@@ -50,12 +50,15 @@ public sealed record RecordedLayer(AttentionCall Call, SourceRecordKind Kind)
 /// <summary>
 /// What is recorded of a source run, known before it runs (from the UNet's layers and the latent size): every
 /// cross-attention layer (edits replace all of them), the self-attention layers with at most
-/// <see cref="SelfMaxPixels"/> queries, and the latents after every UNet evaluation.
+/// <see cref="SelfMaxPixels"/> queries, and the latents after every UNet evaluation. When the source run edits its own
+/// cross-attention (Directed Diffusion), those layers are kept as maps: recomputing them from queries would lose the edit.
 /// </summary>
-public sealed record TrajectoryPlan(IReadOnlyList<RecordedLayer> Layers, int Evaluations, long[] LatentShape, ScalarType Storage, int SelfMaxPixels)
+/// <see cref="Shifted"/>: latent guidance moves the source, and each evaluation's move is kept too.
+public sealed record TrajectoryPlan(IReadOnlyList<RecordedLayer> Layers, int Evaluations, long[] LatentShape, ScalarType Storage, int SelfMaxPixels,
+                                    bool Shifted = false)
 {
     public static TrajectoryPlan For(UNet2DConditionModel unet, int latentHeight, int latentWidth, int tokens, int evaluations, int selfMaxPixels,
-                                     ScalarType storage)
+                                     ScalarType storage, bool crossMaps = false, bool shifted = false)
     {
         var layers = new List<RecordedLayer>();
         foreach (var layer in unet.AttentionLayers)
@@ -63,15 +66,15 @@ public sealed record TrajectoryPlan(IReadOnlyList<RecordedLayer> Layers, int Eva
             var (h, w) = unet.QueryGrid(layer, latentHeight, latentWidth);
             if (!layer.IsCross && h * w > selfMaxPixels) continue;
             var call = new AttentionCall(layer, h, w, layer.IsCross ? tokens : h * w);
-            layers.Add(new RecordedLayer(call, RecordedLayer.Choose(call)));
+            layers.Add(new RecordedLayer(call, crossMaps && layer.IsCross ? SourceRecordKind.Maps : RecordedLayer.Choose(call)));
         }
-        return new TrajectoryPlan(layers, evaluations, [1, unet.Config.InChannels, latentHeight, latentWidth], storage, selfMaxPixels);
+        return new TrajectoryPlan(layers, evaluations, [1, unet.Config.InChannels, latentHeight, latentWidth], storage, selfMaxPixels, shifted);
     }
 
     static int ElementSize(ScalarType t) => t switch { ScalarType.Float16 or ScalarType.BFloat16 => 2, ScalarType.Float64 => 8, _ => 4 };
 
-    /// <summary>Bytes the recorded source occupies: attention in <see cref="Storage"/>, latents in float32.</summary>
-    public long Bytes => Layers.Sum(l => l.Elements(Evaluations)) * ElementSize(Storage) + Evaluations * LatentShape.Aggregate(1L, (a, b) => a * b) * 4;
+    /// <summary>Bytes the recorded source occupies: attention in <see cref="Storage"/>, latents (and moves) in float32.</summary>
+    public long Bytes => Layers.Sum(l => l.Elements(Evaluations)) * ElementSize(Storage) + (Shifted ? 2 : 1) * Evaluations * LatentShape.Aggregate(1L, (a, b) => a * b) * 4;
 
     public static string Megabytes(long bytes) => $"{bytes / (1024.0 * 1024.0):F1} MB";
 }
@@ -89,19 +92,24 @@ public sealed class SourceTrajectory : IDisposable
     public TrajectoryPlan Plan { get; }
     /// <summary>[E, C, h, w] float32: the source's latents after each UNet evaluation's scheduler step.</summary>
     public Tensor Latents { get; }
+    /// <summary>[E, C, h, w] float32: how latent guidance moved the source before each evaluation's pass (null when the plan is not shifted).</summary>
+    public Tensor? Shifts { get; }
     /// <summary>Number of evaluations recorded so far (= Plan.Evaluations once complete).</summary>
     public int Recorded { get; internal set; }
 
-    SourceTrajectory(TrajectoryPlan plan, Tensor latents)
+    SourceTrajectory(TrajectoryPlan plan, Tensor latents, Tensor? shifts)
     {
         Plan = plan;
         Latents = latents;
+        Shifts = shifts;
     }
 
     /// <summary>Allocates an empty trajectory for <paramref name="plan"/> on <paramref name="device"/>.</summary>
     public static SourceTrajectory Allocate(TrajectoryPlan plan, Device device)
     {
-        var t = new SourceTrajectory(plan, zeros([plan.Evaluations, .. plan.LatentShape[1..]], ScalarType.Float32, device).DetachFromDisposeScope());
+        long[] shape = [plan.Evaluations, .. plan.LatentShape[1..]];
+        var t = new SourceTrajectory(plan, zeros(shape, ScalarType.Float32, device).DetachFromDisposeScope(),
+                                     plan.Shifted ? zeros(shape, ScalarType.Float32, device).DetachFromDisposeScope() : null);
         foreach (var r in plan.Layers)
         {
             var data = empty([plan.Evaluations, .. r.StepShape], plan.Storage, device).DetachFromDisposeScope();
@@ -117,7 +125,7 @@ public sealed class SourceTrajectory : IDisposable
         Tensor Checked(string name, long[] shape)
         {
             var t = read(name);
-            if (!t.shape.SequenceEqual(shape) || t.dtype != (name == "latents" ? ScalarType.Float32 : plan.Storage))
+            if (!t.shape.SequenceEqual(shape) || t.dtype != (name is "latents" or "shifts" ? ScalarType.Float32 : plan.Storage))
             {
                 var got = $"[{string.Join(",", t.shape)}] {t.dtype}";
                 t.Dispose();
@@ -127,7 +135,8 @@ public sealed class SourceTrajectory : IDisposable
             if (!ReferenceEquals(moved, t)) t.Dispose();
             return moved.DetachFromDisposeScope();
         }
-        var result = new SourceTrajectory(plan, Checked("latents", [plan.Evaluations, .. plan.LatentShape[1..]]));
+        long[] latents = [plan.Evaluations, .. plan.LatentShape[1..]];
+        var result = new SourceTrajectory(plan, Checked("latents", latents), plan.Shifted ? Checked("shifts", latents) : null);
         try
         {
             foreach (var r in plan.Layers)
@@ -153,6 +162,7 @@ public sealed class SourceTrajectory : IDisposable
     public IEnumerable<(string Name, Tensor Tensor)> Tensors()
     {
         yield return ("latents", Latents);
+        if (Shifts is not null) yield return ("shifts", Shifts);
         foreach (var (r, data, keys) in _layers.Values)
         {
             yield return (TensorName(r, false), data);
@@ -200,6 +210,7 @@ public sealed class SourceTrajectory : IDisposable
     public void Dispose()
     {
         Latents.Dispose();
+        Shifts?.Dispose();
         foreach (var (_, data, keys) in _layers.Values)
         {
             data.Dispose();

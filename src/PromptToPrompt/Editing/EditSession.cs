@@ -39,6 +39,19 @@ public sealed record SourceSettings
     public ScalarType? CacheStorage { get; init; }
     /// <summary>Where the source came from (an inversion file, a photo), for the PNG metadata.</summary>
     public string? Origin { get; init; }
+    /// <summary>
+    /// Attend-and-Excite on the source (a generated one): its latent is moved at the first steps so every subject gets
+    /// an attention peak; the edits take that source's maps and latents from the recording.
+    /// </summary>
+    public ExciteSettings? Excite { get; init; }
+    /// <summary>Directed Diffusion on the source (a generated one): its objects placed in boxes; the edits inject the placed maps.</summary>
+    public DirectedSettings? Boxes { get; init; }
+
+    public bool Guided => Excite is not null || Boxes is not null;
+
+    /// <summary>The error for guidance asked of an inverted photo's source.</summary>
+    public static UserError GuidedInversionError() =>
+        new("Attend-and-Excite and Directed Diffusion guide a generated source; an inverted photo's source is fixed by its inversion. Drop --excite/--box.");
 
     public int SelfMaxPixels => Math.Max(EditSchedule.SelfReplaceMaxPixelsOf(Variant), ExtraSelfPixels);
 
@@ -143,6 +156,8 @@ public sealed class EditSession
         (Width, Height) = _pipeline.ResolveSize(source.Width, source.Height, source.InitialLatent);
         if (source.InitialLatent is { } x) _pipeline.CheckLatent(x, Width, Height, 1);
         Evaluations = _pipeline.Evaluations(SchedulerName, source.Steps);
+        if (source.Guided && (source.NullEmbeddings is not null || source.DirectTrajectory is not null))
+            throw SourceSettings.GuidedInversionError();
         if (source.DirectTrajectory is { } d)
         {
             if (SchedulerName != "ddim") throw new UserError($"Direct inversion samples with DDIM; --scheduler {SchedulerName} cannot be used.");
@@ -156,35 +171,46 @@ public sealed class EditSession
 
     /// <summary>What the recorded source holds and costs (see <see cref="TrajectoryPlan.Bytes"/>).</summary>
     public TrajectoryPlan Plan => _plan ??= TrajectoryPlan.For(_model.UNet, Height / _model.VaeScale, Width / _model.VaeScale, _model.Tokenizer.MaxLength,
-        Evaluations, Source.SelfMaxPixels, Storage);
+        Evaluations, Source.SelfMaxPixels, Storage,
+        crossMaps: Source.Boxes is not null, shifted: Source.Excite is not null);
 
     /// <summary>The key of this source in a <see cref="SourceCache"/>.</summary>
-    public SourceKey Key => _key ??= SourceKey.Of(new Dictionary<string, object?>
-    {
-        ["format"] = SourceCache.Format,
-        ["model"] = _model.Fingerprint,
-        ["dtype"] = _model.Placement.DType.ToString().ToLowerInvariant(),
-        ["device"] = _model.Placement.Device.type.ToString().ToLowerInvariant(),
-        ["prompt"] = Source.Prompt,
-        ["negative_prompt"] = Source.NullEmbeddings is null ? Source.NegativePrompt : null,
-        ["seed"] = Source.InitialLatent is null ? Source.Seed : null,
-        ["x_T"] = SourceKey.TensorHash(Source.InitialLatent),
-        ["steps"] = Source.Steps,
-        ["guidance_scale"] = Source.GuidanceScale,
-        ["scheduler"] = SchedulerName,
-        ["width"] = Width,
-        ["height"] = Height,
-        ["self_max_pixels"] = Source.SelfMaxPixels,
-        ["storage"] = Storage.ToString().ToLowerInvariant(),
-        ["null_embeddings"] = SourceKey.TensorHash(Source.NullEmbeddings),
-        ["direct_trajectory"] = SourceKey.TensorHash(Source.DirectTrajectory),
-    });
+    public SourceKey Key => _key ??= SourceKey.Of(KeyFields());
 
-    GenerationRequest Request(IReadOnlyList<string> prompts) => new()
+    Dictionary<string, object?> KeyFields()
+    {
+        var fields = new Dictionary<string, object?>
+        {
+            ["format"] = SourceCache.Format,
+            ["model"] = _model.Fingerprint,
+            ["dtype"] = _model.Placement.DType.ToString().ToLowerInvariant(),
+            ["device"] = _model.Placement.Device.type.ToString().ToLowerInvariant(),
+            ["prompt"] = Source.Prompt,
+            ["negative_prompt"] = Source.NullEmbeddings is null ? Source.NegativePrompt : null,
+            ["seed"] = Source.InitialLatent is null ? Source.Seed : null,
+            ["x_T"] = SourceKey.TensorHash(Source.InitialLatent),
+            ["steps"] = Source.Steps,
+            ["guidance_scale"] = Source.GuidanceScale,
+            ["scheduler"] = SchedulerName,
+            ["width"] = Width,
+            ["height"] = Height,
+            ["self_max_pixels"] = Source.SelfMaxPixels,
+            ["storage"] = Storage.ToString().ToLowerInvariant(),
+            ["null_embeddings"] = SourceKey.TensorHash(Source.NullEmbeddings),
+            ["direct_trajectory"] = SourceKey.TensorHash(Source.DirectTrajectory),
+        };
+        // Only guided sources name their guidance, so the keys of plain sources stay what they were.
+        if (Source.Excite is not null) fields["attend_and_excite"] = Source.Excite;
+        if (Source.Boxes is not null) fields["directed_diffusion"] = Source.Boxes;
+        return fields;
+    }
+
+    /// <summary>The run of <paramref name="prompts"/> from this source; <paramref name="source"/>: the source prompt's own run, which the source's guidance steers.</summary>
+    GenerationRequest Request(IReadOnlyList<string> prompts, bool source = false) => new()
     {
         Prompts = prompts, NegativePrompt = Source.NegativePrompt, Steps = Source.Steps, GuidanceScale = Source.GuidanceScale,
         Scheduler = SchedulerName, Seed = Source.Seed, InitialLatent = Source.InitialLatent, Width = Width, Height = Height,
-        UnconditionalEmbeddings = Source.NullEmbeddings,
+        UnconditionalEmbeddings = Source.NullEmbeddings, Excite = source ? Source.Excite : null, Boxes = source ? Source.Boxes : null,
     };
 
     /// <summary>The spec that reproduces an edit of this source (its PNG metadata).</summary>
@@ -197,8 +223,9 @@ public sealed class EditSession
 
     Dictionary<string, string> Metadata(EditSpec spec)
     {
-        var text = _pipeline.Parameters(Request(spec.Prompts), SchedulerName, Width, Height);
+        var text = _pipeline.Parameters(Request(spec.Prompts) with { Excite = Source.Excite, Boxes = Source.Boxes }, SchedulerName, Width, Height);
         text["prompt-to-prompt"] = spec.ToJson(Source.InitialLatent is null ? Source.Seed : null);
+        if (Source.Guided) text["source-guidance"] = System.Text.Json.JsonSerializer.Serialize(StableDiffusionPipeline.GuidanceRecord(Source.Excite, Source.Boxes));
         if (Source.Origin is not null) text["inversion"] = Source.Origin;
         return text;
     }
@@ -218,8 +245,9 @@ public sealed class EditSession
             {
                 using var direct = Source.DirectTrajectory?.to(ScalarType.Float32).to(_model.Placement.Device);
                 var recorder = new SourceRecorder(trajectory, direct);
-                var result = _pipeline.Generate(Request([Source.Prompt]), progress, recorder, cancel);
+                var result = _pipeline.Generate(Request([Source.Prompt], source: true), progress, recorder, cancel);
                 result.Latents.Dispose();
+                if (result.Excite is { Count: > 0 } excited) _log?.Invoke(AttendAndExcite.Summary(excited));
                 _log?.Invoke($"cache: recorded the source ({TrajectoryPlan.Megabytes(plan.Bytes)})");
                 return new CachedSource(trajectory, result.Images[0]);
             }
@@ -252,11 +280,15 @@ public sealed class EditSession
     EditResult Batched(EditRequest request, AttentionViewOptions? views, IProgress<StepProgress>? progress, CancellationToken cancel)
     {
         if (Source.DirectTrajectory is not null) throw new UserError("Edits of a direct inversion take the source from the recorded inversion trajectory: open the session with a source cache.");
+        bool alone = request.Targets.Count == 0;
+        if (Source.Guided && !alone)
+            throw new UserError("Edits of an Attend-and-Excite or Directed Diffusion source take it from its recording: open the session with a source cache.");
         var spec = SpecOf(request);
         var controller = request.Edit.Build(_model.Tokenizer, spec.Prompts, Source.Steps, views);
         try
         {
-            var result = _pipeline.Generate(Request(spec.Prompts), progress, controller, cancel);
+            var result = _pipeline.Generate(Request(spec.Prompts, source: alone), progress, controller, cancel);
+            if (result.Excite is { Count: > 0 } excited) _log?.Invoke(AttendAndExcite.Summary(excited));
             return new EditResult(spec.Prompts, result.Images, result.Latents, controller, Metadata(spec), spec);
         }
         catch

@@ -221,6 +221,15 @@ public sealed class AttendAndExcite : ILatentGuidance
         return z.detach().MoveToOuterDisposeScope();
     }
 
+    /// <summary>One line: steps updated, where refinement ran (with its iterations), and the loss at the first and last steps.</summary>
+    public static string Summary(IReadOnlyList<ExciteStep> steps)
+    {
+        var inv = System.Globalization.CultureInfo.InvariantCulture;
+        var refined = steps.Where(s => s.RefinedLoss is not null).Select(s => $"{s.Step} ({s.Refinement.Count})").ToList();
+        return string.Format(inv, "attend-and-excite: latent updated at {0} step(s); refinement at step(s) {1}; loss {2:0.###} at step 0, {3:0.###} at step {4}",
+            steps.Count(s => s.Updated), refined.Count > 0 ? string.Join(", ", refined) : "none", steps[0].InitialLoss, steps[^1].InitialLoss, steps[^1].Step);
+    }
+
     /// <summary>Keeps the cross-attention probabilities at the guidance grid of one pass, in the autograd graph.</summary>
     sealed class Capture(int resolution) : IAttentionHook
     {

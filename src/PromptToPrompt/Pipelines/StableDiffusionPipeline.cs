@@ -148,6 +148,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
             using var pause = CollectionPause.Begin();
             observer?.OnStepStart(i, total);
             var current = latentGuidance?.Guide(i, x, scheduler.Timesteps[i]) ?? x;
+            if (observer is not null) current = observer.OnPassStart(i, x, current);
             var input = scheduler.ScaleModelInput(cfg ? cat([current, current], 0) : current, i);
             var context = perStep ? cat([uncond[i].expand(cond.shape).to(DType).to(Device), fixedContext], 0) : fixedContext;
             using var t = tensor((float)scheduler.Timesteps[i], ScalarType.Float32, Device);
@@ -223,9 +224,9 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         CheckGuidance(request.GuidanceScale);
         var schedulerName = request.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler);
         if (controller is not null) CheckDeterministic(schedulerName);
-        if (request.Excite is not null && (request.Prompts.Count != 1 || controller is not null))
+        if (request.Excite is not null && request.Prompts.Count != 1)
             throw new UserError("Attend-and-Excite guides one prompt at a time: give a single --prompt.");
-        if (request.Boxes is not null && (request.Prompts.Count != 1 || controller is not null))
+        if (request.Boxes is not null && request.Prompts.Count != 1)
             throw new UserError("Directed Diffusion places the objects of one prompt at a time: give a single --prompt.");
         var scheduler = Schedulers.Schedulers.Create(schedulerName, model.Scheduler, request.Steps);
         var (width, height) = ResolveSize(request.Width, request.Height, request.InitialLatent);
@@ -256,7 +257,8 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
             ? new AttendAndExcite(model, cond, settings, scheduler.Timesteps.Count, height / model.VaeScale, width / model.VaeScale,
                                   model.Tokenizer.Tokenize(request.Prompts[0]).TokenCount - 1) : null;
         using var directed = request.Boxes is { } boxes ? DirectedDiffusion.For(model.Tokenizer, request.Prompts[0], boxes) : null;
-        var run = controller ?? directed;
+        // Directed Diffusion edits the maps first; a controller of the same run (a recorder, a store) sees the edited ones.
+        IRunController? run = directed is null ? controller : controller is null ? directed : new ControllerChain(directed, controller);
         Tensor final;
         using (model.UNet.Hooks.Use(run))
             final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, run, progress, cancel, generator, excite);
@@ -273,24 +275,34 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         var summary = $"{string.Join(" | ", r.Prompts)}\nNegative prompt: {r.NegativePrompt}\n" +
                       string.Format(inv, "Steps: {0}, Sampler: {1}, CFG scale: {2}, Seed: {3}, Size: {4}x{5}, Model: {6}, Dtype: {7}",
                           r.Steps, scheduler, r.GuidanceScale, seed, width, height, model.Name, DType.ToString().ToLowerInvariant());
-        var json = JsonSerializer.Serialize(new Dictionary<string, object?>
+        var record = new Dictionary<string, object?>
         {
             ["prompts"] = r.Prompts, ["negative_prompt"] = r.NegativePrompt, ["seed"] = r.InitialLatent is null ? r.Seed : null,
             ["steps"] = r.Steps, ["guidance_scale"] = r.GuidanceScale, ["scheduler"] = scheduler, ["width"] = width, ["height"] = height,
             ["model"] = model.Name, ["dtype"] = DType.ToString().ToLowerInvariant(), ["device"] = Device.ToString(),
-            ["attend_and_excite"] = r.Excite is { } e ? new Dictionary<string, object>
-            {
-                ["token_indices"] = e.TokenIndices, ["max_iter_to_alter"] = e.MaxIterToAlter, ["scale_factor"] = e.ScaleFactor,
-                ["thresholds"] = e.Thresholds.OrderBy(p => p.Key).ToDictionary(p => p.Key.ToString(inv), p => p.Value),
-            } : null,
-            ["directed_diffusion"] = r.Boxes is { } b ? new Dictionary<string, object>
-            {
-                ["regions"] = b.Regions.Select(g => new Dictionary<string, object> { ["token_indices"] = g.Tokens, ["box"] = g.Box.ToString() }).ToList(),
-                ["num_affected_steps"] = b.Steps, ["num_trailing_attn"] = b.Trailing, ["noise_scale"] = b.Strength,
-            } : null,
-        });
-        if (r.Boxes is not null) summary += ", Directed Diffusion boxes: " + string.Join(" ", r.Boxes.Regions.Select(g => $"{string.Join("+", g.Tokens)}={g.Box}"));
-        if (r.Excite is not null) summary += string.Format(inv, ", Attend-and-Excite tokens: {0}", string.Join(" ", r.Excite.TokenIndices));
-        return new Dictionary<string, string> { ["parameters"] = summary, ["prompt-to-prompt"] = json };
+        };
+        foreach (var (key, value) in GuidanceRecord(r.Excite, r.Boxes)) record[key] = value;
+        var json = JsonSerializer.Serialize(record);
+        return new Dictionary<string, string> { ["parameters"] = summary + GuidanceSummary(r.Excite, r.Boxes), ["prompt-to-prompt"] = json };
     }
+
+    /// <summary>The JSON record of a run's attention guidance: <c>attend_and_excite</c> and <c>directed_diffusion</c> (null when not used).</summary>
+    public static Dictionary<string, object?> GuidanceRecord(ExciteSettings? excite, DirectedSettings? boxes) => new()
+    {
+        ["attend_and_excite"] = excite is { } e ? new Dictionary<string, object>
+        {
+            ["token_indices"] = e.TokenIndices, ["max_iter_to_alter"] = e.MaxIterToAlter, ["scale_factor"] = e.ScaleFactor,
+            ["thresholds"] = e.Thresholds.OrderBy(p => p.Key).ToDictionary(p => p.Key.ToString(CultureInfo.InvariantCulture), p => p.Value),
+        } : null,
+        ["directed_diffusion"] = boxes is { } b ? new Dictionary<string, object>
+        {
+            ["regions"] = b.Regions.Select(g => new Dictionary<string, object> { ["token_indices"] = g.Tokens, ["box"] = g.Box.ToString() }).ToList(),
+            ["num_affected_steps"] = b.Steps, ["num_trailing_attn"] = b.Trailing, ["noise_scale"] = b.Strength,
+        } : null,
+    };
+
+    /// <summary>The guidance's part of the readable summary (empty without guidance).</summary>
+    public static string GuidanceSummary(ExciteSettings? excite, DirectedSettings? boxes) =>
+        (boxes is null ? "" : ", Directed Diffusion boxes: " + string.Join(" ", boxes.Regions.Select(g => $"{string.Join("+", g.Tokens)}={g.Box}"))) +
+        (excite is null ? "" : ", Attend-and-Excite tokens: " + string.Join(" ", excite.TokenIndices));
 }

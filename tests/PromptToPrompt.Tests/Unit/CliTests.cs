@@ -256,6 +256,37 @@ public class ExciteCliTests
     }
 }
 
+/// <summary>A guided source in the commands that edit and show attention: <c>p2p edit --excite/--box</c>, <c>p2p attention --excite</c>.</summary>
+public class GuidedSourceCliTests
+{
+    [Fact]
+    public void Edit_and_attention_take_a_guided_source_and_refuse_one_for_a_photo()
+    {
+        using var dir = new TempDir();
+        string[] common = ["--model", ConformanceData.ModelPath, "--prompt", "a cat and a frog", "--seed", "5", "--steps", "3", "--width", "128", "--height", "128"];
+        var (code, stdout, stderr) = CliTests.RunP2P(["edit", .. common, "--target", "a dog and a frog", "--excite", "cat,frog", "--excite-steps", "2",
+            "--box", "frog=0.5,1,0,1", "--show-attention", "--out", dir.File("edit")]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains("cache: recorded the source", stderr);
+        Assert.Matches(@"attend-and-excite: latent updated at 2 step\(s\)", stderr);
+        Assert.Contains(dir.File("edit/attention_1_tokens.png"), stdout);
+        var text = Png.ReadText(dir.File("edit/prompt_1.png"));
+        Assert.Contains("Directed Diffusion boxes: 5=0.5,1,0,1, Attend-and-Excite tokens: 2 5", text["parameters"]);
+        Assert.Contains("\"attend_and_excite\":{\"token_indices\":[2,5],\"max_iter_to_alter\":2", text["source-guidance"]);
+
+        (code, stdout, stderr) = CliTests.RunP2P(["attention", .. common, "--excite", "cat,frog", "--excite-steps", "2", "--out", dir.File("views")]);
+        Assert.True(code == 0, stderr);
+        Assert.Contains(dir.File("views/tokens.png"), stdout);
+        Assert.Contains("Attend-and-Excite tokens: 2 5", Png.ReadText(dir.File("views/tokens.png"))["parameters"]);
+
+        (code, _, stderr) = CliTests.RunP2P("edit", "--model", ConformanceData.ModelPath, "--image", ConformanceData.Golden("inversion/images/inv01_red_ball_image_gt.png"),
+            "--prompt", "a red ball", "--target", "a blue ball", "--excite", "ball", "--out", dir.File("photo"));
+        Assert.Equal(1, code);
+        Assert.Contains("error: Attend-and-Excite and Directed Diffusion guide a generated source; an inverted photo's source is fixed by its inversion.", stderr);
+        Assert.False(Directory.Exists(dir.File("photo")));
+    }
+}
+
 /// <summary><c>p2p zero</c>: a photo edited along a direction read from sentence files, with its record in the PNGs.</summary>
 public class ZeroCliTests
 {

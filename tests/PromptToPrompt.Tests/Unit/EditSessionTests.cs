@@ -46,6 +46,10 @@ public sealed class EditSessionTests(ITestOutputHelper output) : IDisposable
             ["variant"] = s with { Variant = ReferenceVariant.NullText },
             ["storage"] = s with { CacheStorage = ScalarType.Float16 },
             ["null embeddings"] = s with { NullEmbeddings = nulls },
+            ["Attend-and-Excite"] = s with { Excite = new ExciteSettings { TokenIndices = [4] } },
+            ["Attend-and-Excite settings"] = s with { Excite = new ExciteSettings { TokenIndices = [4], ScaleFactor = 3 } },
+            ["Directed Diffusion"] = s with { Boxes = new DirectedSettings { Regions = [new DirectedRegion([4], new Box(0, 0.5, 0, 1))] } },
+            ["Directed Diffusion box"] = s with { Boxes = new DirectedSettings { Regions = [new DirectedRegion([4], new Box(0.5, 1, 0, 1))] } },
         };
         var keys = variants.ToDictionary(kv => kv.Key, kv => Key(kv.Value));
         foreach (var (what, key) in keys) Assert.True(key != baseKey, $"the key ignores the {what}");
