@@ -88,9 +88,19 @@ public sealed record UNetConfig(
     int InChannels, int OutChannels, int[] BlockOutChannels, string[] DownBlockTypes, string[] UpBlockTypes,
     int LayersPerBlock, int[] HeadsPerBlock, int CrossAttentionDim, int NormNumGroups, double NormEps,
     bool FlipSinToCos, int FreqShift, int DownsamplePadding, double MidBlockScaleFactor,
-    bool UseLinearProjection, bool UpcastAttention, int SampleSize, bool CenterInputSample)
+    bool UseLinearProjection, bool UpcastAttention, int SampleSize, bool CenterInputSample,
+    int[]? TransformerLayersPerBlock = null, int AdditionTimeEmbedDim = 0, int ProjectionClassEmbeddingsInputDim = 0)
 {
     public int TimeEmbedDim => BlockOutChannels[0] * 4;
+
+    /// <summary>Transformer blocks inside each Transformer2DModel of down block <paramref name="block"/> (the mid block uses the last entry, up block i entry n-1-i).</summary>
+    public int TransformerDepth(int block) => TransformerLayersPerBlock?[block] ?? 1;
+
+    /// <summary>
+    /// SDXL's <c>addition_embed_type: text_time</c>: the pooled text embedding and the six size/crop numbers, each as
+    /// <see cref="AdditionTimeEmbedDim"/> sinusoidal features, go through <c>add_embedding</c> and join the time embedding.
+    /// </summary>
+    public bool TextTimeConditioning => AdditionTimeEmbedDim > 0;
 
     public static UNetConfig From(ConfigJson c)
     {
@@ -108,12 +118,13 @@ public sealed record UNetConfig(
         c.RefuseIfSet("mid_block_type", "mid block", "UNetMidBlock2DCrossAttn");
         c.RefuseIfSet("act_fn", "activation", "silu");
         c.RefuseIfSet("class_embed_type", "class embedding", "null");
-        c.RefuseIfSet("addition_embed_type", "added conditioning (SDXL)", "null");
+        var addition = c.Get<string?>("addition_embed_type", null);
+        if (addition is not (null or "text_time"))
+            throw new UserError($"{c.Path}: addition_embed_type '{addition}' is not supported (null, or text_time as SDXL).");
         c.RefuseIfSet("time_cond_proj_dim", "time conditioning projection", "null");
         c.RefuseIfSet("resnet_time_scale_shift", "resnet time scale shift", "default");
         c.RefuseIfSet("only_cross_attention", "cross-attention-only blocks", "false");
         c.RefuseIfSet("dual_cross_attention", "dual cross attention", "false");
-        c.RefuseIfSet("transformer_layers_per_block", "transformer layers per block", "1");
         c.RefuseIfSet("encoder_hid_dim", "encoder hidden projection", "null");
         // diffusers' historical naming: for SD 1.x/2.x UNets 'attention_head_dim' holds the number of heads
         // (num_attention_heads, when present, takes precedence).
@@ -127,7 +138,10 @@ public sealed record UNetConfig(
             c.Get("layers_per_block", 2), heads, c.Require<int>("cross_attention_dim"), c.Get("norm_num_groups", 32),
             c.Get("norm_eps", 1e-5), c.Get("flip_sin_to_cos", true), c.Get("freq_shift", 0), c.Get("downsample_padding", 1),
             c.Get("mid_block_scale_factor", 1.0), c.Get("use_linear_projection", false), c.Get("upcast_attention", false),
-            c.Get("sample_size", 64), c.Get("center_input_sample", false));
+            c.Get("sample_size", 64), c.Get("center_input_sample", false),
+            c.IntOrList("transformer_layers_per_block", channels.Length, 1),
+            addition is null ? 0 : c.Require<int>("addition_time_embed_dim"),
+            addition is null ? 0 : c.Require<int>("projection_class_embeddings_input_dim"));
     }
 }
 

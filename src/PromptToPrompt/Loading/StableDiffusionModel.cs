@@ -113,6 +113,8 @@ public sealed class StableDiffusionModel : IDisposable
         string Sub(string name) => Path.Combine(folder, name);
         var textConfig = ClipTextConfig.From(ConfigJson.Load(Path.Combine(Sub("text_encoder"), "config.json")));
         var unetConfig = UNetConfig.From(ConfigJson.Load(Path.Combine(Sub("unet"), "config.json")));
+        if (unetConfig.TextTimeConditioning)
+            throw new UserError($"{folder} is a Stable Diffusion XL model (its UNet takes SDXL's added text_time conditioning); p2p generates and edits with SD 1.x/2.x models so far.");
         var vaeConfig = VaeConfig.From(ConfigJson.Load(Path.Combine(Sub("vae"), "config.json")));
         var schedulerConfig = SchedulerConfig.From(ConfigJson.Load(Path.Combine(Sub("scheduler"), "scheduler_config.json")));
         CheckUNetInputs(unetConfig, vaeConfig, Path.Combine(Sub("unet"), "config.json"));
@@ -121,8 +123,7 @@ public sealed class StableDiffusionModel : IDisposable
 
         var textEncoder = new ClipTextModel(textConfig);
         LoadComponent(textEncoder, WeightLoader.ComponentFiles(Sub("text_encoder"), "model", preferFp16), "text_encoder", placement, log, null);
-        var unet = new UNet2DConditionModel(unetConfig);
-        LoadComponent(unet, WeightLoader.ComponentFiles(Sub("unet"), "diffusion_pytorch_model", preferFp16), "unet", placement, log, null);
+        var unet = LoadUNet(Sub("unet"), unetConfig, placement, log);
         var vae = new AutoencoderKL(vaeConfig);
         LoadComponent(vae, WeightLoader.ComponentFiles(Sub("vae"), "diffusion_pytorch_model", preferFp16), "vae", placement, log, VaeAttentionNames);
         return new StableDiffusionModel
@@ -131,6 +132,17 @@ public sealed class StableDiffusionModel : IDisposable
             Tokenizer = tokenizer, TextEncoder = textEncoder, UNet = unet, Vae = vae,
             Scheduler = schedulerConfig, Placement = placement,
         };
+    }
+
+    /// <summary>The UNet of a diffusers folder's <c>unet/</c> (config.json and its weights), alone.</summary>
+    public static UNet2DConditionModel LoadUNet(string unetFolder, ModelPlacement placement, Action<string>? log = null) =>
+        LoadUNet(unetFolder, UNetConfig.From(ConfigJson.Load(Path.Combine(unetFolder, "config.json"))), placement, log);
+
+    static UNet2DConditionModel LoadUNet(string unetFolder, UNetConfig config, ModelPlacement placement, Action<string>? log)
+    {
+        var unet = new UNet2DConditionModel(config);
+        LoadComponent(unet, WeightLoader.ComponentFiles(unetFolder, "diffusion_pytorch_model", placement.DType != ScalarType.Float32), "unet", placement, log, null);
+        return unet;
     }
 
     /// <summary>Newer diffusers VAE checkpoints name the mid-block attention like the UNet's; map to the original names.</summary>

@@ -82,13 +82,14 @@ public sealed class Transformer2DModel : nn.Module
     public readonly ModuleList<BasicTransformerBlock> transformer_blocks;
     readonly bool _linear;
 
-    public Transformer2DModel(int channels, int heads, int contextDim, int groups, bool linearProjection, bool upcast, AttentionHookSlot slot)
+    public Transformer2DModel(int channels, int heads, int contextDim, int groups, bool linearProjection, bool upcast, AttentionHookSlot slot, int depth = 1)
         : base("transformer")
     {
         norm = new Norm32(groups, channels, 1e-6);
         _linear = linearProjection;
         proj_in = linearProjection ? nn.Linear(channels, channels) : nn.Conv2d(channels, channels, 1);
-        transformer_blocks = nn.ModuleList(new BasicTransformerBlock(channels, heads, channels / heads, contextDim, upcast, slot));
+        transformer_blocks = nn.ModuleList(Enumerable.Range(0, depth)
+            .Select(_ => new BasicTransformerBlock(channels, heads, channels / heads, contextDim, upcast, slot)).ToArray());
         proj_out = linearProjection ? nn.Linear(channels, channels) : nn.Conv2d(channels, channels, 1);
         RegisterComponents();
     }

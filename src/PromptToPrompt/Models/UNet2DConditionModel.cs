@@ -13,14 +13,14 @@ public sealed class UNetDownBlock : nn.Module
     public readonly ModuleList<Transformer2DModel>? attentions;
     readonly ModuleList<Downsample2D>? downsamplers;
 
-    public UNetDownBlock(UNetConfig c, int inChannels, int outChannels, int heads, bool cross, bool downsample, AttentionHookSlot slot)
+    public UNetDownBlock(UNetConfig c, int inChannels, int outChannels, int heads, int depth, bool cross, bool downsample, AttentionHookSlot slot)
         : base("down_block")
     {
         resnets = nn.ModuleList(Enumerable.Range(0, c.LayersPerBlock)
             .Select(i => new ResnetBlock2D(i == 0 ? inChannels : outChannels, outChannels, c.TimeEmbedDim, c.NormNumGroups, c.NormEps)).ToArray());
         if (cross)
             attentions = nn.ModuleList(Enumerable.Range(0, c.LayersPerBlock)
-                .Select(_ => new Transformer2DModel(outChannels, heads, c.CrossAttentionDim, c.NormNumGroups, c.UseLinearProjection, c.UpcastAttention, slot)).ToArray());
+                .Select(_ => new Transformer2DModel(outChannels, heads, c.CrossAttentionDim, c.NormNumGroups, c.UseLinearProjection, c.UpcastAttention, slot, depth)).ToArray());
         if (downsample) downsamplers = nn.ModuleList(new Downsample2D(outChannels, c.DownsamplePadding));
         RegisterComponents();
     }
@@ -53,7 +53,8 @@ public sealed class UNetMidBlock : nn.Module
     {
         resnets = nn.ModuleList(Enumerable.Range(0, 2)
             .Select(_ => new ResnetBlock2D(channels, channels, c.TimeEmbedDim, c.NormNumGroups, c.NormEps, c.MidBlockScaleFactor)).ToArray());
-        attentions = nn.ModuleList(new Transformer2DModel(channels, heads, c.CrossAttentionDim, c.NormNumGroups, c.UseLinearProjection, c.UpcastAttention, slot));
+        attentions = nn.ModuleList(new Transformer2DModel(channels, heads, c.CrossAttentionDim, c.NormNumGroups, c.UseLinearProjection, c.UpcastAttention, slot,
+                                                          c.TransformerDepth(c.BlockOutChannels.Length - 1)));
         RegisterComponents();
     }
 
@@ -76,7 +77,7 @@ public sealed class UNetUpBlock : nn.Module
     public readonly ModuleList<Transformer2DModel>? attentions;
     readonly ModuleList<Upsample2D>? upsamplers;
 
-    public UNetUpBlock(UNetConfig c, int inChannels, int outChannels, int prevOutChannels, int heads, bool cross, bool upsample, AttentionHookSlot slot)
+    public UNetUpBlock(UNetConfig c, int inChannels, int outChannels, int prevOutChannels, int heads, int depth, bool cross, bool upsample, AttentionHookSlot slot)
         : base("up_block")
     {
         int layers = c.LayersPerBlock + 1;
@@ -88,7 +89,7 @@ public sealed class UNetUpBlock : nn.Module
         }).ToArray());
         if (cross)
             attentions = nn.ModuleList(Enumerable.Range(0, layers)
-                .Select(_ => new Transformer2DModel(outChannels, heads, c.CrossAttentionDim, c.NormNumGroups, c.UseLinearProjection, c.UpcastAttention, slot)).ToArray());
+                .Select(_ => new Transformer2DModel(outChannels, heads, c.CrossAttentionDim, c.NormNumGroups, c.UseLinearProjection, c.UpcastAttention, slot, depth)).ToArray());
         if (upsample) upsamplers = nn.ModuleList(new Upsample2D(outChannels));
         RegisterComponents();
     }
@@ -109,7 +110,7 @@ public sealed class UNetUpBlock : nn.Module
 }
 
 /// <summary>
-/// diffusers UNet2DConditionModel for Stable Diffusion 1.x / 2.x, built from its config.json. Parameter names are
+/// diffusers UNet2DConditionModel for Stable Diffusion 1.x / 2.x and SDXL, built from its config.json. Parameter names are
 /// the diffusers checkpoint keys. Every attention layer shares <see cref="Hooks"/>, through which an attention
 /// controller sees (and may edit) attention probabilities.
 /// </summary>
@@ -117,6 +118,7 @@ public sealed class UNet2DConditionModel : nn.Module
 {
     readonly Conv2d conv_in;
     readonly TimestepEmbedding time_embedding;
+    readonly TimestepEmbedding? add_embedding;
     public readonly ModuleList<UNetDownBlock> down_blocks;
     public readonly UNetMidBlock mid_block;
     public readonly ModuleList<UNetUpBlock> up_blocks;
@@ -135,6 +137,7 @@ public sealed class UNet2DConditionModel : nn.Module
         int n = ch.Length;
         conv_in = nn.Conv2d(c.InChannels, ch[0], 3, padding: 1);
         time_embedding = new TimestepEmbedding(ch[0], c.TimeEmbedDim);
+        if (c.TextTimeConditioning) add_embedding = new TimestepEmbedding(c.ProjectionClassEmbeddingsInputDim, c.TimeEmbedDim);
 
         var down = new List<UNetDownBlock>();
         int output = ch[0];
@@ -142,7 +145,7 @@ public sealed class UNet2DConditionModel : nn.Module
         {
             int input = output;
             output = ch[i];
-            down.Add(new UNetDownBlock(c, input, output, c.HeadsPerBlock[i], c.DownBlockTypes[i] == "CrossAttnDownBlock2D", i < n - 1, Hooks));
+            down.Add(new UNetDownBlock(c, input, output, c.HeadsPerBlock[i], c.TransformerDepth(i), c.DownBlockTypes[i] == "CrossAttnDownBlock2D", i < n - 1, Hooks));
         }
         down_blocks = nn.ModuleList(down.ToArray());
         mid_block = new UNetMidBlock(c, ch[^1], c.HeadsPerBlock[^1], Hooks);
@@ -156,7 +159,7 @@ public sealed class UNet2DConditionModel : nn.Module
             int prev = output;
             output = reversed[i];
             int input = reversed[Math.Min(i + 1, n - 1)];
-            up.Add(new UNetUpBlock(c, input, output, prev, reversedHeads[i], c.UpBlockTypes[i] == "CrossAttnUpBlock2D", i < n - 1, Hooks));
+            up.Add(new UNetUpBlock(c, input, output, prev, reversedHeads[i], c.TransformerDepth(n - 1 - i), c.UpBlockTypes[i] == "CrossAttnUpBlock2D", i < n - 1, Hooks));
         }
         up_blocks = nn.ModuleList(up.ToArray());
         conv_norm_out = new Norm32(c.NormNumGroups, ch[0], c.NormEps);
@@ -194,6 +197,22 @@ public sealed class UNet2DConditionModel : nn.Module
     }
 
     /// <summary>
+    /// diffusers' text_time embedding: <c>add_embedding(concat(text_embeds, add_time_proj(time_ids).reshape(B, -1)))</c>,
+    /// each time id as <see cref="UNetConfig.AdditionTimeEmbedDim"/> sinusoidal features computed in float32, id-major.
+    /// </summary>
+    public Tensor AddedEmbedding(TextTimeConditioning added)
+    {
+        using var scope = NewDisposeScope();
+        var device = added.TextEmbeds.device;
+        long batch = added.TimeIds.shape[0];
+        var ids = TimestepEmbedding.Sinusoidal(added.TimeIds.to(ScalarType.Float32).to(device).flatten(), Config.AdditionTimeEmbedDim,
+                                               Config.FlipSinToCos, Config.FreqShift).reshape(batch, -1);
+        var features = cat([added.TextEmbeds.to(ScalarType.Float32), ids], -1);
+        var dtype = time_embedding.parameters().First().dtype;
+        return add_embedding!.forward(features.to(dtype)).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
     /// The grid of queries <paramref name="layer"/> sees for latents of <paramref name="latentHeight"/> x
     /// <paramref name="latentWidth"/>: each level down applies the stride-2 downsampling convolution's size rule
     /// (the up blocks upsample back to the same sizes).
@@ -208,13 +227,19 @@ public sealed class UNet2DConditionModel : nn.Module
     /// <summary>Predicts the noise (or v) for <paramref name="sample"/> [B, C, h, w] at <paramref name="timestep"/>.</summary>
     /// <param name="timestep">A scalar or [B] tensor (integer or float), as the scheduler gives it.</param>
     /// <param name="context">[B, tokens, cross_attention_dim] text embeddings.</param>
-    public Tensor forward(Tensor sample, Tensor timestep, Tensor context)
+    public Tensor forward(Tensor sample, Tensor timestep, Tensor context) => forward(sample, timestep, context, null);
+
+    /// <param name="added">SDXL's added conditioning (needed exactly when the config has <c>addition_embed_type: text_time</c>).</param>
+    public Tensor forward(Tensor sample, Tensor timestep, Tensor context, TextTimeConditioning? added)
     {
+        if (Config.TextTimeConditioning != added is not null)
+            throw new InvalidOperationException(Config.TextTimeConditioning ? "This UNet (SDXL) needs the pooled text embedding and the time ids." : "This UNet takes no added conditioning.");
         using var scope = NewDisposeScope();
         long batch = sample.shape[0];
         var t = timestep.dim() == 0 ? timestep.reshape(1).expand(batch) : timestep;
         var tProj = TimestepEmbedding.Sinusoidal(t.to(sample.device), Config.BlockOutChannels[0], Config.FlipSinToCos, Config.FreqShift);
         var temb = time_embedding.forward(tProj.to(sample.dtype));
+        if (added is not null) temb = temb + AddedEmbedding(added);
 
         if (Config.CenterInputSample) sample = 2 * sample - 1.0;
         var h = conv_in.forward(sample);
@@ -233,6 +258,9 @@ public sealed class UNet2DConditionModel : nn.Module
         return h.MoveToOuterDisposeScope();
     }
 }
+
+/// <summary>SDXL's added conditioning: the pooled text embedding [B, P] and the time ids [B, 6] (original size, crop top-left, target size; heights first).</summary>
+public sealed record TextTimeConditioning(Tensor TextEmbeds, Tensor TimeIds);
 
 /// <summary>Sinusoidal timestep features followed by linear_1, SiLU, linear_2.</summary>
 public sealed class TimestepEmbedding : nn.Module<Tensor, Tensor>

@@ -42,6 +42,7 @@ public sealed class ConformanceData : IDisposable
     public StableDiffusionModel Model => _model.Value;
 
     public static string Ip2pPath => Path.Combine(Require(), "tiny-ip2p");
+    public static string SdxlPath => Path.Combine(Require(), "tiny-sdxl");
     readonly Lazy<StableDiffusionModel> _ip2p = new(() => StableDiffusionModel.Load(Ip2pPath, ModelPlacement.Cpu));
     /// <summary>The tiny InstructPix2Pix model (README section 7.1).</summary>
     public StableDiffusionModel Ip2pModel => _ip2p.Value;

@@ -165,6 +165,8 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
         { Zero + "|--from|red|--to|blue|--xa-guidance|-1", "--xa-guidance must be a finite number of at least 0; got -1" },
         { Zero + "|--from|red|--to|blue|--directions|{files}/nowhere", "is not a folder" },
         { Zero + "|--from|../x|--to|blue|--directions|{files}/directions", "is not a word" },
+        // SDXL: its UNet loads, the pipeline does not run it yet
+        { "generate|--model|{sdxl}|--prompt|a cat|--out|{out}/x.png", "is a Stable Diffusion XL model" },
         // sweeps
         { EditDog.Replace("edit|", "sweep|") + "|--cross-replace|0.2,abc", "abc" },
     };
@@ -177,7 +179,7 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
     public void Bad_input_is_one_error_line_exit_1_and_no_output(string row, string named)
     {
         using var outDir = new TempDir();
-        var args = row.Split('|').Select(a => a.Replace("{model}", ConformanceData.ModelPath).Replace("{ip2p}", ConformanceData.Ip2pPath)
+        var args = row.Split('|').Select(a => a.Replace("{model}", ConformanceData.ModelPath).Replace("{ip2p}", ConformanceData.Ip2pPath).Replace("{sdxl}", ConformanceData.SdxlPath)
             .Replace("{photo}", ConformanceData.Golden("inversion/images/inv01_red_ball_image_gt.png"))
             .Replace("{files}", _files.Path).Replace("{out}", outDir.Path)).ToArray();
         var (code, _, stderr) = CliTests.RunP2P(args);
