@@ -70,7 +70,7 @@ public sealed class ConfigJson
 /// <summary>CLIP text encoder (transformers CLIPTextConfig).</summary>
 public sealed record ClipTextConfig(
     int VocabSize, int HiddenSize, int IntermediateSize, int NumLayers, int NumHeads,
-    int MaxPositions, double LayerNormEps, string HiddenAct)
+    int MaxPositions, double LayerNormEps, string HiddenAct, int ProjectionDim = 0)
 {
     public static ClipTextConfig From(ConfigJson c)
     {
@@ -79,7 +79,9 @@ public sealed record ClipTextConfig(
             throw new UserError($"{c.Path}: hidden_act '{act}' is not supported (quick_gelu for SD 1.x, gelu for SD 2.x).");
         return new ClipTextConfig(c.Require<int>("vocab_size"), c.Require<int>("hidden_size"), c.Require<int>("intermediate_size"),
             c.Require<int>("num_hidden_layers"), c.Require<int>("num_attention_heads"), c.Get("max_position_embeddings", 77),
-            c.Get("layer_norm_eps", 1e-5), act);
+            c.Get("layer_norm_eps", 1e-5), act,
+            // CLIPTextModelWithProjection (SDXL's second encoder) has text_projection; a plain CLIPTextModel's projection_dim is unused.
+            c.Get("architectures", Array.Empty<string>()).Contains("CLIPTextModelWithProjection") ? c.Require<int>("projection_dim") : 0);
     }
 }
 

@@ -121,8 +121,7 @@ public sealed class StableDiffusionModel : IDisposable
         var tokenizer = ClipTokenizer.Load(Sub("tokenizer"));
         bool preferFp16 = placement.DType != ScalarType.Float32;
 
-        var textEncoder = new ClipTextModel(textConfig);
-        LoadComponent(textEncoder, WeightLoader.ComponentFiles(Sub("text_encoder"), "model", preferFp16), "text_encoder", placement, log, null);
+        var textEncoder = LoadTextEncoder(Sub("text_encoder"), textConfig, placement, log);
         var unet = LoadUNet(Sub("unet"), unetConfig, placement, log);
         var vae = new AutoencoderKL(vaeConfig);
         LoadComponent(vae, WeightLoader.ComponentFiles(Sub("vae"), "diffusion_pytorch_model", preferFp16), "vae", placement, log, VaeAttentionNames);
@@ -132,6 +131,17 @@ public sealed class StableDiffusionModel : IDisposable
             Tokenizer = tokenizer, TextEncoder = textEncoder, UNet = unet, Vae = vae,
             Scheduler = schedulerConfig, Placement = placement,
         };
+    }
+
+    /// <summary>A text encoder of a diffusers folder (<c>text_encoder/</c>, <c>text_encoder_2/</c>: config.json and its weights), alone.</summary>
+    public static ClipTextModel LoadTextEncoder(string folder, ModelPlacement placement, Action<string>? log = null) =>
+        LoadTextEncoder(folder, ClipTextConfig.From(ConfigJson.Load(Path.Combine(folder, "config.json"))), placement, log);
+
+    static ClipTextModel LoadTextEncoder(string folder, ClipTextConfig config, ModelPlacement placement, Action<string>? log)
+    {
+        var encoder = new ClipTextModel(config);
+        LoadComponent(encoder, WeightLoader.ComponentFiles(folder, "model", placement.DType != ScalarType.Float32), Path.GetFileName(folder), placement, log, null);
+        return encoder;
     }
 
     /// <summary>The UNet of a diffusers folder's <c>unet/</c> (config.json and its weights), alone.</summary>

@@ -120,6 +120,16 @@ public sealed class ClipTransformer : nn.Module<Tensor, Tensor>
         var h = encoder.forward(embeddings.forward(ids));
         return final_layer_norm.forward(h).MoveToOuterDisposeScope();
     }
+
+    /// <summary>transformers' <c>hidden_states</c>: the embeddings, then each layer's output (none through the final LayerNorm).</summary>
+    public List<Tensor> HiddenStates(Tensor ids)
+    {
+        var states = new List<Tensor> { embeddings.forward(ids) };
+        foreach (var layer in encoder.Layers) states.Add(layer.forward(states[^1]));
+        return states;
+    }
+
+    public Tensor FinalNorm(Tensor h) => final_layer_norm.forward(h);
 }
 
 public sealed class ClipEncoder : nn.Module<Tensor, Tensor>
@@ -132,6 +142,8 @@ public sealed class ClipEncoder : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
+    public IEnumerable<ClipEncoderLayer> Layers => layers;
+
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
@@ -143,11 +155,13 @@ public sealed class ClipEncoder : nn.Module<Tensor, Tensor>
 /// <summary>
 /// transformers CLIPTextModel: token + position embeddings, pre-LN transformer layers with causal self-attention,
 /// final LayerNorm. <see cref="forward"/> returns <c>last_hidden_state</c> [B, L, hidden]. SD 1.x uses quick-GELU;
-/// SD 2.x (OpenCLIP, config already cut to the penultimate layer) uses GELU.
+/// SD 2.x (OpenCLIP, config already cut to the penultimate layer) uses GELU. With a projection (transformers'
+/// CLIPTextModelWithProjection, SDXL's second encoder) it also gives the pooled, projected <c>text_embeds</c>.
 /// </summary>
 public sealed class ClipTextModel : nn.Module<Tensor, Tensor>
 {
     readonly ClipTransformer text_model;
+    readonly Linear? text_projection;
 
     public ClipTextConfig Config { get; }
 
@@ -155,8 +169,25 @@ public sealed class ClipTextModel : nn.Module<Tensor, Tensor>
     {
         Config = c;
         text_model = new ClipTransformer(c);
+        if (c.ProjectionDim > 0) text_projection = nn.Linear(c.HiddenSize, c.ProjectionDim, hasBias: false);
         RegisterComponents();
     }
 
     public override Tensor forward(Tensor inputIds) => text_model.forward(inputIds);
+
+    /// <inheritdoc cref="ClipTransformer.HiddenStates"/>
+    public List<Tensor> HiddenStates(Tensor inputIds) => text_model.HiddenStates(inputIds);
+
+    /// <summary>
+    /// <c>text_embeds</c> [B, projection_dim]: the final-normed last hidden state at each row's end position (the first
+    /// largest id, transformers' rule for these configs: the end token has the largest id), projected.
+    /// </summary>
+    public Tensor TextEmbeds(Tensor inputIds, Tensor lastHiddenState)
+    {
+        var projection = text_projection ?? throw new InvalidOperationException("This text encoder has no text_projection.");
+        using var scope = NewDisposeScope();
+        var ends = inputIds.argmax(-1);
+        var pooled = text_model.FinalNorm(lastHiddenState)[arange(inputIds.shape[0], ScalarType.Int64, inputIds.device), ends];
+        return projection.forward(pooled).MoveToOuterDisposeScope();
+    }
 }

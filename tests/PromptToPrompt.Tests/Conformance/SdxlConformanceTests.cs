@@ -1,14 +1,17 @@
+using System.Text.Json;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Models;
+using PromptToPrompt.Pipelines;
+using PromptToPrompt.Text;
 using static TorchSharp.torch;
 
 namespace PromptToPrompt.Tests.Conformance;
 
 /// <summary>
-/// SDXL's UNet (tiny-sdxl, golden/sdxl/unet: diffusers 0.19.3) against the reference: stacked transformer blocks per
-/// block (transformer_layers_per_block), linear projections, per-block heads and the text_time added conditioning.
-/// Bounds from the conformance README (9.7): about 20x the reference's own float64-vs-float32 differences
-/// (2.5e-5 on the noise, 5e-7 on the embeddings).
+/// SDXL (tiny-sdxl, golden/sdxl: diffusers 0.19.3, transformers 4.33) against the reference: the two text encoders
+/// and their combination, and the UNet (stacked transformer blocks per block, linear projections, per-block heads, the
+/// text_time added conditioning). Bounds from the conformance README (9.7): about 20x the reference's own
+/// float64-vs-float32 differences (2.5e-5 on the noise, 5e-7 on the embeddings, 2e-6 on the text states).
 /// </summary>
 public class SdxlConformanceTests
 {
@@ -35,5 +38,54 @@ public class SdxlConformanceTests
         TensorAssert.Close(expected, actual, 5e-4, $"noise_pred_t{t:0}");
         added.TextEmbeds.Dispose();
         added.TimeIds.Dispose();
+    }
+
+    [Fact]
+    public void Text_encoders_hidden_states_pooled_and_prompt_embeddings()
+    {
+        using var golden = new SafetensorsFile(ConformanceData.Golden("sdxl/text_encoding.safetensors"));
+        using var encoder = StableDiffusionModel.LoadTextEncoder(Path.Combine(ConformanceData.SdxlPath, "text_encoder"), ModelPlacement.Cpu);
+        using var encoder2 = StableDiffusionModel.LoadTextEncoder(Path.Combine(ConformanceData.SdxlPath, "text_encoder_2"), ModelPlacement.Cpu);
+        var tokenizer = ClipTokenizer.Load(Path.Combine(ConformanceData.SdxlPath, "tokenizer"));
+        var tokenizer2 = ClipTokenizer.Load(Path.Combine(ConformanceData.SdxlPath, "tokenizer_2"));
+        Assert.Equal(0, tokenizer2.PadId);
+        Assert.Equal(20, encoder2.Config.ProjectionDim);
+        Assert.Equal(0, encoder.Config.ProjectionDim);
+        var text = new SdxlTextEncoders(tokenizer, encoder, tokenizer2, encoder2);
+        static string[] Texts(JsonElement c, string key) =>
+            !c.TryGetProperty(key, out var v) ? [] : v.ValueKind == JsonValueKind.Array ? v.EnumerateArray().Select(x => x.GetString()!).ToArray() : [v.GetString()!];
+        int sides = 0;
+        using var _ = no_grad();
+        foreach (var c in ConformanceData.Manifest("sdxl/text_encoding.json").GetProperty("cases").EnumerateObject())
+        {
+            var prompt = Texts(c.Value, "prompt");
+            var negative = Texts(c.Value, "negative_prompt");
+            foreach (var (side, first, second, output) in new[]
+            {
+                ("prompt", prompt, Texts(c.Value, "prompt_2") is { Length: > 0 } p2 ? p2 : prompt, "prompt_embeds"),
+                ("negative", negative, Texts(c.Value, "negative_prompt_2") is { Length: > 0 } n2 ? n2 : negative, "negative_prompt_embeds"),
+            })
+            {
+                if (first.Length == 0) continue;
+                string at = $"{c.Name}/{side}";
+                using var ids1 = text.Ids(first, second: false);
+                using var ids2 = text.Ids(second, second: true);
+                TensorAssert.Equal(golden.Read($"{at}/input_ids_1"), ids1, $"{at} input_ids_1");
+                TensorAssert.Equal(golden.Read($"{at}/input_ids_2"), ids2, $"{at} input_ids_2");
+                var states1 = encoder.HiddenStates(ids1);
+                var states2 = encoder2.HiddenStates(ids2);
+                TensorAssert.Close(golden.Read($"{at}/text_encoder_hidden_states"), stack(states1, 0), 5e-5, $"{at} text_encoder hidden states");
+                TensorAssert.Close(golden.Read($"{at}/text_encoder_2_hidden_states"), stack(states2, 0), 5e-5, $"{at} text_encoder_2 hidden states");
+                TensorAssert.Close(golden.Read($"{at}/text_encoder_2_text_embeds"), encoder2.TextEmbeds(ids2, states2[^1]), 5e-5, $"{at} text_embeds");
+                var (embeds, pooled) = text.Encode(first, second);
+                using (embeds) using (pooled)
+                {
+                    TensorAssert.Close(golden.Read($"{c.Name}/{output}"), embeds, 5e-5, $"{c.Name} {output}");
+                    TensorAssert.Close(golden.Read($"{c.Name}/{(side == "prompt" ? "pooled_prompt_embeds" : "negative_pooled_prompt_embeds")}"), pooled, 5e-5, $"{c.Name} pooled ({side})");
+                }
+                sides++;
+            }
+        }
+        Assert.Equal(9, sides);
     }
 }
