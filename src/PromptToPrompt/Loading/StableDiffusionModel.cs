@@ -119,12 +119,10 @@ public sealed class StableDiffusionModel : IDisposable
         var schedulerConfig = SchedulerConfig.From(ConfigJson.Load(Path.Combine(Sub("scheduler"), "scheduler_config.json")));
         CheckUNetInputs(unetConfig, vaeConfig, Path.Combine(Sub("unet"), "config.json"));
         var tokenizer = ClipTokenizer.Load(Sub("tokenizer"));
-        bool preferFp16 = placement.DType != ScalarType.Float32;
 
         var textEncoder = LoadTextEncoder(Sub("text_encoder"), textConfig, placement, log);
         var unet = LoadUNet(Sub("unet"), unetConfig, placement, log);
-        var vae = new AutoencoderKL(vaeConfig);
-        LoadComponent(vae, WeightLoader.ComponentFiles(Sub("vae"), "diffusion_pytorch_model", preferFp16), "vae", placement, log, VaeAttentionNames);
+        var vae = LoadVae(Sub("vae"), vaeConfig, placement, log);
         return new StableDiffusionModel
         {
             Name = Path.GetFileName(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar)), Location = Path.GetFullPath(folder),
@@ -142,6 +140,17 @@ public sealed class StableDiffusionModel : IDisposable
         var encoder = new ClipTextModel(config);
         LoadComponent(encoder, WeightLoader.ComponentFiles(folder, "model", placement.DType != ScalarType.Float32), Path.GetFileName(folder), placement, log, null);
         return encoder;
+    }
+
+    /// <summary>The VAE of a diffusers folder's <c>vae/</c> (config.json and its weights), alone.</summary>
+    public static AutoencoderKL LoadVae(string folder, ModelPlacement placement, Action<string>? log = null) =>
+        LoadVae(folder, VaeConfig.From(ConfigJson.Load(Path.Combine(folder, "config.json"))), placement, log);
+
+    static AutoencoderKL LoadVae(string folder, VaeConfig config, ModelPlacement placement, Action<string>? log)
+    {
+        var vae = new AutoencoderKL(config);
+        LoadComponent(vae, WeightLoader.ComponentFiles(folder, "diffusion_pytorch_model", placement.DType != ScalarType.Float32), "vae", placement, log, VaeAttentionNames);
+        return vae;
     }
 
     /// <summary>The UNet of a diffusers folder's <c>unet/</c> (config.json and its weights), alone.</summary>

@@ -260,7 +260,12 @@ public sealed class UNet2DConditionModel : nn.Module
 }
 
 /// <summary>SDXL's added conditioning: the pooled text embedding [B, P] and the time ids [B, 6] (original size, crop top-left, target size; heights first).</summary>
-public sealed record TextTimeConditioning(Tensor TextEmbeds, Tensor TimeIds);
+public sealed record TextTimeConditioning(Tensor TextEmbeds, Tensor TimeIds)
+{
+    /// <summary>diffusers' <c>_get_add_time_ids</c>: [1, 6] float32 of the original size, the crop's top-left corner and the target size, each (height, width).</summary>
+    public static Tensor TimeIdsOf((int Height, int Width) original, (int Top, int Left) crop, (int Height, int Width) target) =>
+        tensor(new float[] { original.Height, original.Width, crop.Top, crop.Left, target.Height, target.Width }, [1, 6]);
+}
 
 /// <summary>Sinusoidal timestep features followed by linear_1, SiLU, linear_2.</summary>
 public sealed class TimestepEmbedding : nn.Module<Tensor, Tensor>

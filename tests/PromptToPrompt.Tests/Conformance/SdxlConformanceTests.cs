@@ -88,4 +88,37 @@ public class SdxlConformanceTests
         }
         Assert.Equal(9, sides);
     }
+
+    [Fact]
+    public void Time_ids_and_their_added_embedding()
+    {
+        using var golden = new SafetensorsFile(ConformanceData.Golden("sdxl/text_encoding.safetensors"));
+        using var unet = StableDiffusionModel.LoadUNet(Path.Combine(ConformanceData.SdxlPath, "unet"), ModelPlacement.Cpu);
+        using var pooled = golden.Read("t01_prompt_cfg_no_negative/pooled_prompt_embeds");
+        using var _ = no_grad();
+        int i = 0;
+        foreach (var c in ConformanceData.Manifest("sdxl/text_encoding.json").GetProperty("time_id_cases").EnumerateArray())
+        {
+            int[] Pair(string key) => c.GetProperty(key).EnumerateArray().Select(v => v.GetInt32()).ToArray();
+            var (o, crop, t) = (Pair("original_size"), Pair("crops_coords_top_left"), Pair("target_size"));
+            using var ids = TextTimeConditioning.TimeIdsOf((o[0], o[1]), (crop[0], crop[1]), (t[0], t[1]));
+            TensorAssert.Equal(golden.Read($"time_ids/{i}/add_time_ids"), ids, $"add_time_ids {i}");
+            using var embedding = unet.AddedEmbedding(new TextTimeConditioning(pooled, ids));
+            TensorAssert.Close(golden.Read($"time_ids/{i}/aug_emb"), embedding, 1e-5, $"aug_emb {i}");
+            i++;
+        }
+        Assert.Equal(3, i);
+    }
+
+    [Fact]
+    public void Vae_decode_with_the_sdxl_scaling_factor()
+    {
+        using var golden = new SafetensorsFile(ConformanceData.Golden("sdxl/vae_decode.safetensors"));
+        using var vae = StableDiffusionModel.LoadVae(Path.Combine(ConformanceData.SdxlPath, "vae"), ModelPlacement.Cpu);
+        Assert.Equal(0.13025, vae.Config.ScalingFactor);
+        using var latents = golden.Read("latents");
+        using var _ = no_grad();
+        using var decoded = vae.Decode(latents / vae.Config.ScalingFactor);
+        TensorAssert.Close(golden.Read("decoded"), decoded, 1e-4, "decoded");
+    }
 }
