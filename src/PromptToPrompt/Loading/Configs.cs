@@ -85,7 +85,7 @@ public sealed record ClipTextConfig(
     }
 }
 
-/// <summary>UNet2DConditionModel (diffusers), the fields SD 1.x / 2.x use.</summary>
+/// <summary>UNet2DConditionModel (diffusers), the fields SD 1.x / 2.x and SDXL use.</summary>
 public sealed record UNetConfig(
     int InChannels, int OutChannels, int[] BlockOutChannels, string[] DownBlockTypes, string[] UpBlockTypes,
     int LayersPerBlock, int[] HeadsPerBlock, int CrossAttentionDim, int NormNumGroups, double NormEps,
