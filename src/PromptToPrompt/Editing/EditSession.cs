@@ -223,7 +223,7 @@ public sealed class EditSession
 
     Dictionary<string, string> Metadata(EditSpec spec)
     {
-        var text = _pipeline.Parameters(Request(spec.Prompts) with { Excite = Source.Excite, Boxes = Source.Boxes }, SchedulerName, Width, Height);
+        var text = _pipeline.Parameters(Request(spec.Prompts, source: true), SchedulerName, Width, Height);
         text["prompt-to-prompt"] = spec.ToJson(Source.InitialLatent is null ? Source.Seed : null);
         if (Source.Guided) text["source-guidance"] = System.Text.Json.JsonSerializer.Serialize(StableDiffusionPipeline.GuidanceRecord(Source.Excite, Source.Boxes));
         if (Source.Origin is not null) text["inversion"] = Source.Origin;

@@ -111,18 +111,18 @@ public sealed class StableDiffusionModel : IDisposable
         catch (JsonException e) { throw new UserError($"{index} is not valid JSON ({e.Message}). Replace the file."); }
 
         string Sub(string name) => Path.Combine(folder, name);
-        var textConfig = ClipTextConfig.From(ConfigJson.Load(Path.Combine(Sub("text_encoder"), "config.json")));
-        var unetConfig = UNetConfig.From(ConfigJson.Load(Path.Combine(Sub("unet"), "config.json")));
+        var textConfig = ClipTextConfig.From(ConfigOf(Sub("text_encoder")));
+        var unetConfig = UNetConfig.From(ConfigOf(Sub("unet")));
         if (unetConfig.TextTimeConditioning)
             throw new UserError($"{folder} is a Stable Diffusion XL model (its UNet takes SDXL's added text_time conditioning); p2p generates and edits with SD 1.x/2.x models so far.");
-        var vaeConfig = VaeConfig.From(ConfigJson.Load(Path.Combine(Sub("vae"), "config.json")));
+        var vaeConfig = VaeConfig.From(ConfigOf(Sub("vae")));
         var schedulerConfig = SchedulerConfig.From(ConfigJson.Load(Path.Combine(Sub("scheduler"), "scheduler_config.json")));
         CheckUNetInputs(unetConfig, vaeConfig, Path.Combine(Sub("unet"), "config.json"));
         var tokenizer = ClipTokenizer.Load(Sub("tokenizer"));
 
-        var textEncoder = LoadTextEncoder(Sub("text_encoder"), textConfig, placement, log);
-        var unet = LoadUNet(Sub("unet"), unetConfig, placement, log);
-        var vae = LoadVae(Sub("vae"), vaeConfig, placement, log);
+        var textEncoder = Component(new ClipTextModel(textConfig), Sub("text_encoder"), "model", placement, log);
+        var unet = Component(new UNet2DConditionModel(unetConfig), Sub("unet"), "diffusion_pytorch_model", placement, log);
+        var vae = Component(new AutoencoderKL(vaeConfig), Sub("vae"), "diffusion_pytorch_model", placement, log, VaeAttentionNames);
         return new StableDiffusionModel
         {
             Name = Path.GetFileName(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar)), Location = Path.GetFullPath(folder),
@@ -131,37 +131,26 @@ public sealed class StableDiffusionModel : IDisposable
         };
     }
 
-    /// <summary>A text encoder of a diffusers folder (<c>text_encoder/</c>, <c>text_encoder_2/</c>: config.json and its weights), alone.</summary>
+    /// <summary>A text encoder of a diffusers folder (<c>text_encoder/</c>, <c>text_encoder_2/</c>), alone.</summary>
     public static ClipTextModel LoadTextEncoder(string folder, ModelPlacement placement, Action<string>? log = null) =>
-        LoadTextEncoder(folder, ClipTextConfig.From(ConfigJson.Load(Path.Combine(folder, "config.json"))), placement, log);
+        Component(new ClipTextModel(ClipTextConfig.From(ConfigOf(folder))), folder, "model", placement, log);
 
-    static ClipTextModel LoadTextEncoder(string folder, ClipTextConfig config, ModelPlacement placement, Action<string>? log)
-    {
-        var encoder = new ClipTextModel(config);
-        LoadComponent(encoder, WeightLoader.ComponentFiles(folder, "model", placement.DType != ScalarType.Float32), Path.GetFileName(folder), placement, log, null);
-        return encoder;
-    }
-
-    /// <summary>The VAE of a diffusers folder's <c>vae/</c> (config.json and its weights), alone.</summary>
+    /// <summary>The VAE of a diffusers folder's <c>vae/</c>, alone.</summary>
     public static AutoencoderKL LoadVae(string folder, ModelPlacement placement, Action<string>? log = null) =>
-        LoadVae(folder, VaeConfig.From(ConfigJson.Load(Path.Combine(folder, "config.json"))), placement, log);
+        Component(new AutoencoderKL(VaeConfig.From(ConfigOf(folder))), folder, "diffusion_pytorch_model", placement, log, VaeAttentionNames);
 
-    static AutoencoderKL LoadVae(string folder, VaeConfig config, ModelPlacement placement, Action<string>? log)
+    /// <summary>The UNet of a diffusers folder's <c>unet/</c>, alone.</summary>
+    public static UNet2DConditionModel LoadUNet(string folder, ModelPlacement placement, Action<string>? log = null) =>
+        Component(new UNet2DConditionModel(UNetConfig.From(ConfigOf(folder))), folder, "diffusion_pytorch_model", placement, log);
+
+    static ConfigJson ConfigOf(string folder) => ConfigJson.Load(Path.Combine(folder, "config.json"));
+
+    /// <summary>Loads one component's weights (<paramref name="weights"/>.safetensors in <paramref name="folder"/>, float16 files preferred for half precision) into <paramref name="module"/>.</summary>
+    static T Component<T>(T module, string folder, string weights, ModelPlacement placement, Action<string>? log,
+                          Func<string, IEnumerable<(string, Func<Tensor, Tensor>?)>>? rename = null) where T : nn.Module
     {
-        var vae = new AutoencoderKL(config);
-        LoadComponent(vae, WeightLoader.ComponentFiles(folder, "diffusion_pytorch_model", placement.DType != ScalarType.Float32), "vae", placement, log, VaeAttentionNames);
-        return vae;
-    }
-
-    /// <summary>The UNet of a diffusers folder's <c>unet/</c> (config.json and its weights), alone.</summary>
-    public static UNet2DConditionModel LoadUNet(string unetFolder, ModelPlacement placement, Action<string>? log = null) =>
-        LoadUNet(unetFolder, UNetConfig.From(ConfigJson.Load(Path.Combine(unetFolder, "config.json"))), placement, log);
-
-    static UNet2DConditionModel LoadUNet(string unetFolder, UNetConfig config, ModelPlacement placement, Action<string>? log)
-    {
-        var unet = new UNet2DConditionModel(config);
-        LoadComponent(unet, WeightLoader.ComponentFiles(unetFolder, "diffusion_pytorch_model", placement.DType != ScalarType.Float32), "unet", placement, log, null);
-        return unet;
+        LoadComponent(module, WeightLoader.ComponentFiles(folder, weights, placement.DType != ScalarType.Float32), Path.GetFileName(folder), placement, log, rename);
+        return module;
     }
 
     /// <summary>Newer diffusers VAE checkpoints name the mid-block attention like the UNet's; map to the original names.</summary>
