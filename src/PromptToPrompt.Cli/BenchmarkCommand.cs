@@ -105,12 +105,13 @@ static class BenchmarkCommand
         int count = request.Prompts.Count;
         using var noise = pipeline.InitialNoise(request.Seed, 1, request.Width!.Value, request.Height!.Value);
         using var latents = noise.expand(count, -1, -1, -1).contiguous();
-        using var cond = pipeline.EncodePrompts(request.Prompts);
-        using var uncond = pipeline.EncodePrompts(Enumerable.Repeat("", count).ToList());
+        using var scope = NewDisposeScope();
+        var (cond, uncond, pooled) = pipeline.Condition(request.Prompts, "", null, request.Width!.Value, request.Height!.Value);
         var guidance = excite is null ? null : new AttendAndExcite(pipeline.Model, cond, excite, scheduler.Timesteps.Count,
-            request.Height!.Value / pipeline.Model.VaeScale, request.Width!.Value / pipeline.Model.VaeScale);
+            request.Height!.Value / pipeline.Model.VaeScale, request.Width!.Value / pipeline.Model.VaeScale, added: pooled?.For(false, cond.device));
         using (pipeline.Model.UNet.Hooks.Use(controller))
-            return pipeline.Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, null, CliSupport.Cancellation, latentGuidance: guidance);
+            return pipeline.Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, controller, null, CliSupport.Cancellation,
+                                    latentGuidance: guidance, pooled: pooled).MoveToOuterDisposeScope();
     }
 
     static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;

@@ -97,7 +97,9 @@ static class CliSupport
         public static SamplingOptions Create() => new(NegativePrompt(), CliSupport.Seed(), CliSupport.Steps(), CliSupport.Guidance(),
             CliSupport.Scheduler(), CliSupport.Width(), CliSupport.Height(), CliSupport.Latent());
 
-        public IEnumerable<Option> All => [Negative, Seed, Steps, Guidance, Scheduler, Width, Height, Latent];
+        public SizeOptions Sizes { get; } = SizeOptions.Create();
+
+        public IEnumerable<Option> All => [Negative, Seed, Steps, Guidance, Scheduler, Width, Height, Latent, .. Sizes.All];
 
         /// <summary>Checks the scheduler name and reads the initial latent (before any model is loaded); picks a seed if none was given.</summary>
         public (TorchSharp.torch.Tensor? Initial, long Seed) Prepare(ParseResult r)
@@ -115,13 +117,41 @@ static class CliSupport
         {
             Prompt = prompt, NegativePrompt = r.GetValue(Negative) ?? "", Steps = r.GetValue(Steps), GuidanceScale = r.GetValue(Guidance),
             Scheduler = r.GetValue(Scheduler), Seed = seed, InitialLatent = initial, Width = r.GetValue(Width), Height = r.GetValue(Height),
+            SizeConditioning = Sizes.Parse(r),
         };
 
         public GenerationRequest Request(ParseResult r, IReadOnlyList<string> prompts, TorchSharp.torch.Tensor? initial, long seed) => new()
         {
             Prompts = prompts, NegativePrompt = r.GetValue(Negative) ?? "", Steps = r.GetValue(Steps), GuidanceScale = r.GetValue(Guidance),
             Scheduler = r.GetValue(Scheduler), Seed = seed, InitialLatent = initial, Width = r.GetValue(Width), Height = r.GetValue(Height),
+            SizeConditioning = Sizes.Parse(r),
         };
+    }
+
+    /// <summary>SDXL's micro-conditioning options (<c>--original-size H,W --crop-coords TOP,LEFT --target-size H,W</c>).</summary>
+    public sealed record SizeOptions(Option<string?> Original, Option<string?> Crop, Option<string?> Target)
+    {
+        public static SizeOptions Create() => new(
+            new Option<string?>("--original-size") { Description = "SDXL: the original image size H,W the model is told (default: the output size)." },
+            new Option<string?>("--crop-coords") { Description = "SDXL: the crop's top-left corner TOP,LEFT the model is told (default 0,0)." },
+            new Option<string?>("--target-size") { Description = "SDXL: the target size H,W the model is told (default: the output size)." });
+
+        public IEnumerable<Option> All => [Original, Crop, Target];
+
+        /// <summary>The given parts (null when none is given).</summary>
+        public SizeConditioning? Parse(ParseResult r)
+        {
+            (int, int)? Pair(Option<string?> o)
+            {
+                if (r.GetValue(o) is not { } text) return null;
+                var parts = text.Split(',');
+                if (parts.Length != 2 || !int.TryParse(parts[0].Trim(), out int a) || !int.TryParse(parts[1].Trim(), out int b))
+                    throw new UserError($"{o.Name} '{text}': give two integers separated by a comma, e.g. 1024,1024.");
+                return (a, b);
+            }
+            var (original, crop, target) = (Pair(Original), Pair(Crop), Pair(Target));
+            return original is null && crop is null && target is null ? null : new SizeConditioning(original, crop, target);
+        }
     }
 
     /// <summary>The options every model-loading command takes.</summary>

@@ -33,6 +33,7 @@ static class EditCommand
         var width = CliSupport.Width();
         var height = CliSupport.Height();
         var latent = CliSupport.Latent();
+        var sizes = CliSupport.SizeOptions.Create();
         var modelOptions = CliSupport.ModelOptions.Create();
         var saveLatents = new Option<string?>("--save-latents") { Description = "Write the final latents of the batch (source first) as tensor 'latents' [N, C, H/8, W/8]." };
         var overwrite = CliSupport.Overwrite();
@@ -52,7 +53,7 @@ static class EditCommand
             spec, model, prompt, target, edit, cross, self, blend, threshold, reweight, variant, negative, seed, steps, guidance,
             scheduler, width, height, latent, saveLatents, overwrite, output, showAttention, inversion, image, saveInversion,
         };
-        foreach (var o in view.All.Concat(photo.All).Concat(cacheOptions.All).Concat(modelOptions.All).Concat(excite.All).Concat(boxes.All)) command.Options.Add(o);
+        foreach (var o in view.All.Concat(sizes.All).Concat(photo.All).Concat(cacheOptions.All).Concat(modelOptions.All).Concat(excite.All).Concat(boxes.All)) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
         {
             // An inversion (from a file, or made here from --image) fixes the source prompt, x_T, steps, guidance and scheduler.
@@ -84,6 +85,7 @@ static class EditCommand
                 Width = r.GetValue(width) ?? s.Width,
                 Height = r.GetValue(height) ?? s.Height,
                 NegativePrompt = r.GetValue(negative) ?? s.NegativePrompt,
+                SizeConditioning = sizes.Parse(r) ?? s.SizeConditioning,
             };
             if (inversionFile is not null || imagePath is not null)
                 s = ForInversion(s, inversionFile, r.GetResult(steps) is not null || r.GetResult(guidance) is not null);

@@ -81,6 +81,7 @@ static class SweepCommand
                 Scheduler = r.GetValue(sampling.Scheduler) ?? spec.Scheduler, Width = r.GetValue(sampling.Width) ?? spec.Width,
                 Height = r.GetValue(sampling.Height) ?? spec.Height, NegativePrompt = r.GetValue(sampling.Negative) ?? spec.NegativePrompt,
                 Seed = r.GetValue(sampling.Seed) ?? spec.Seed, Model = r.GetValue(model) ?? spec.Model,
+                SizeConditioning = sampling.Sizes.Parse(r) ?? spec.SizeConditioning,
             };
             using var initial = inversionFile is null && (r.GetValue(sampling.Latent) ?? spec.Latent) is { } lp ? CliSupport.ReadLatent(lp) : null;
             long seed = spec.Seed ?? Random.Shared.NextInt64(0, 1L << 32);

@@ -16,10 +16,24 @@ public enum ReferenceVariant { PromptToPrompt, NullText }
 /// <summary>Shared settings of the edit controllers.</summary>
 public sealed record EditSchedule(CrossReplaceSteps CrossReplace, StepWindow SelfReplace, ReferenceVariant Variant = ReferenceVariant.PromptToPrompt)
 {
-    /// <summary>Largest self-attention map (query count) the edit replaces; larger layers keep their own maps.</summary>
-    public int SelfReplaceMaxPixels => SelfReplaceMaxPixelsOf(Variant);
+    /// <summary>
+    /// Whether the edit replaces a self-attention layer's maps. The references replace the coarse levels: a quarter of
+    /// the latent side and coarser (16x16 for SD at 512 px, 32x32 for SDXL at 1024 px, whose finest attention level is
+    /// already half the latent), or half the side and coarser in the null-text notebook (32x32 at 512 px). Their bound
+    /// is written as a pixel count (16², 32²), which also covers every layer of a small model at a small size; both
+    /// rules are kept, so a layer is replaced when either holds.
+    /// </summary>
+    public bool ReplacesSelf(in AttentionCall call) => call.Layer.Level >= SelfLevel(Variant) || call.QueryLength <= SelfPixels(Variant);
 
-    public static int SelfReplaceMaxPixelsOf(ReferenceVariant variant) => variant == ReferenceVariant.NullText ? 32 * 32 : 16 * 16;
+    static int SelfLevel(ReferenceVariant variant) => variant == ReferenceVariant.NullText ? 1 : 2;
+    static int SelfPixels(ReferenceVariant variant) => variant == ReferenceVariant.NullText ? 32 * 32 : 16 * 16;
+
+    /// <summary>The largest self-attention map (queries) <see cref="ReplacesSelf"/> replaces on <paramref name="unet"/> for latents of <paramref name="latentHeight"/> x <paramref name="latentWidth"/>.</summary>
+    public static int SelfReplaceMaxPixels(ReferenceVariant variant, UNet2DConditionModel unet, int latentHeight, int latentWidth)
+    {
+        var (h, w) = unet.QueryGrid(SelfLevel(variant), latentHeight, latentWidth);
+        return Math.Max(SelfPixels(variant), h * w);
+    }
 }
 
 /// <summary>
@@ -33,7 +47,6 @@ public abstract class AttentionEdit : AttentionStore
     readonly Tensor _crossAlpha; // [steps + 1, N-1, 1, 1, L]
     readonly bool[] _crossActive; // whether any alpha of a step is non-zero
     readonly (int Start, int End) _selfSteps;
-    readonly int _selfMaxPixels;
 
     public LocalBlend? Blend { get; }
     public EditSchedule Schedule { get; }
@@ -51,7 +64,6 @@ public abstract class AttentionEdit : AttentionStore
         int perStep = (prompts.Count - 1) * len;
         _crossActive = Enumerable.Range(0, numSteps + 1).Select(s => alpha.AsSpan(s * perStep, perStep).ContainsAnyExcept(0f)).ToArray();
         _selfSteps = InjectionSchedule.SelfSteps(schedule.SelfReplace, numSteps);
-        _selfMaxPixels = schedule.SelfReplaceMaxPixels;
         Blend = blend;
     }
 
@@ -62,7 +74,7 @@ public abstract class AttentionEdit : AttentionStore
 
     bool CrossActive => CurrentStep < _crossActive.Length && _crossActive[CurrentStep];
     bool SelfActive(in AttentionCall call) =>
-        _selfSteps.Start <= CurrentStep && CurrentStep < _selfSteps.End && call.QueryLength <= _selfMaxPixels;
+        _selfSteps.Start <= CurrentStep && CurrentStep < _selfSteps.End && Schedule.ReplacesSelf(call);
 
     public override bool Needs(in AttentionCall call) =>
         base.Needs(call) || (call.Layer.IsCross ? CrossActive : SelfActive(call));

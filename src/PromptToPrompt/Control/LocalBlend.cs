@@ -18,8 +18,8 @@ public sealed record LocalBlendOptions(
 
 /// <summary>
 /// Keeps everything outside the edited object from the source: after each step, a mask is built from the running
-/// sum of the cross-attention maps of the chosen words (the down and up layers at the coarsest resolution that has
-/// cross-attention outside the middle block — 16x16 for SD at 512px, derived from the UNet and the latent size),
+/// sum of the cross-attention maps of the chosen words (the layers of <see cref="MaskLayers"/>: 16x16 for SD at 512 px,
+/// 32x32 for SDXL at 1024 px, derived from the UNet and the latent size),
 /// averaged over layers and heads, max-pooled 3x3, resized to the latent (nearest), normalised by its maximum and
 /// thresholded; then <c>x_t = x_source + mask * (x_t - x_source)</c>.
 /// </summary>
@@ -67,15 +67,20 @@ public sealed class LocalBlend
         return tensor(values, [prompts.Count, 1, 1, len]).DetachFromDisposeScope();
     }
 
-    /// <summary>The layers the mask is built from: down and up cross-attention at their coarsest stored resolution.</summary>
+    /// <summary>
+    /// The layers the mask is built from: the cross-attention of the down and up blocks at their coarsest stored
+    /// resolution, and the middle block's when it works at that resolution too (SD at 512 px: the 16x16 down and up
+    /// layers, its 8x8 middle block left out; SDXL at 1024 px: every 32x32 layer, the middle block's included).
+    /// </summary>
     public static List<AttentionLayer> MaskLayers(AttentionStore store)
     {
-        var candidates = store.Layers.Where(l => l.IsCross && l.Place != UNetPlace.Mid).ToList();
-        if (candidates.Count == 0)
+        var cross = store.Layers.Where(l => l.IsCross).ToList();
+        int Pixels(AttentionLayer l) => store.SizeOf(l).Height * store.SizeOf(l).Width;
+        var outer = cross.Where(l => l.Place != UNetPlace.Mid).ToList();
+        if (outer.Count == 0)
             throw new UserError("Local blending needs cross-attention maps from the UNet's down and up blocks, and none were stored.");
-        int coarsest = candidates.Min(l => store.SizeOf(l).Height * store.SizeOf(l).Width);
-        return candidates.Where(l => store.SizeOf(l).Height * store.SizeOf(l).Width == coarsest)
-            .OrderBy(l => l.Place == UNetPlace.Down ? 0 : 1).ToList();
+        int coarsest = outer.Min(Pixels);
+        return cross.Where(l => Pixels(l) == coarsest).OrderBy(l => l.Place).ToList();
     }
 
     public Tensor Apply(Tensor latents, AttentionStore store)

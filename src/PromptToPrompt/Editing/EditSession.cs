@@ -46,6 +46,8 @@ public sealed record SourceSettings
     public ExciteSettings? Excite { get; init; }
     /// <summary>Directed Diffusion on the source (a generated one): its objects placed in boxes; the edits inject the placed maps.</summary>
     public DirectedSettings? Boxes { get; init; }
+    /// <summary>SDXL micro-conditioning of the source and its edits; null = diffusers' defaults.</summary>
+    public SizeConditioning? SizeConditioning { get; init; }
 
     public bool Guided => Excite is not null || Boxes is not null;
 
@@ -53,13 +55,12 @@ public sealed record SourceSettings
     public static UserError GuidedInversionError() =>
         new("Attend-and-Excite and Directed Diffusion guide a generated source; an inverted photo's source is fixed by its inversion. Drop --excite/--box.");
 
-    public int SelfMaxPixels => Math.Max(EditSchedule.SelfReplaceMaxPixelsOf(Variant), ExtraSelfPixels);
-
     /// <summary>The source of a spec's prompts: its first prompt, seed (or x_T) and generation settings.</summary>
     public static SourceSettings FromSpec(EditSpec s, Tensor? initialLatent, long seed) => new()
     {
         Prompt = s.Prompts[0], NegativePrompt = s.NegativePrompt, Seed = seed, InitialLatent = initialLatent, Steps = s.Steps,
         GuidanceScale = s.GuidanceScale, Scheduler = s.Scheduler, Width = s.Width, Height = s.Height, Variant = s.Edit.Variant,
+        SizeConditioning = s.SizeConditioning,
     };
 }
 
@@ -169,9 +170,12 @@ public sealed class EditSession
 
     ScalarType Storage => Source.CacheStorage ?? _model.Placement.DType;
 
+    /// <summary>The self-attention the source keeps: what its edits replace (<see cref="EditSchedule.ReplacesSelf"/>), or more when an attention view asks.</summary>
+    int SelfMaxPixels => Math.Max(EditSchedule.SelfReplaceMaxPixels(Source.Variant, _model.UNet, Height / _model.VaeScale, Width / _model.VaeScale), Source.ExtraSelfPixels);
+
     /// <summary>What the recorded source holds and costs (see <see cref="TrajectoryPlan.Bytes"/>).</summary>
     public TrajectoryPlan Plan => _plan ??= TrajectoryPlan.For(_model.UNet, Height / _model.VaeScale, Width / _model.VaeScale, _model.Tokenizer.MaxLength,
-        Evaluations, Source.SelfMaxPixels, Storage,
+        Evaluations, SelfMaxPixels, Storage,
         crossMaps: Source.Boxes is not null, shifted: Source.Excite is not null);
 
     /// <summary>The key of this source in a <see cref="SourceCache"/>.</summary>
@@ -194,7 +198,7 @@ public sealed class EditSession
             ["scheduler"] = SchedulerName,
             ["width"] = Width,
             ["height"] = Height,
-            ["self_max_pixels"] = Source.SelfMaxPixels,
+            ["self_max_pixels"] = SelfMaxPixels,
             ["storage"] = Storage.ToString().ToLowerInvariant(),
             ["null_embeddings"] = SourceKey.TensorHash(Source.NullEmbeddings),
             ["direct_trajectory"] = SourceKey.TensorHash(Source.DirectTrajectory),
@@ -202,6 +206,7 @@ public sealed class EditSession
         // Only guided sources name their guidance, so the keys of plain sources stay what they were.
         if (Source.Excite is not null) fields["attend_and_excite"] = Source.Excite;
         if (Source.Boxes is not null) fields["directed_diffusion"] = Source.Boxes;
+        if (Source.SizeConditioning is { } sizes) fields["size_conditioning"] = sizes.Describe(Width, Height);
         return fields;
     }
 
@@ -211,6 +216,7 @@ public sealed class EditSession
         Prompts = prompts, NegativePrompt = Source.NegativePrompt, Steps = Source.Steps, GuidanceScale = Source.GuidanceScale,
         Scheduler = SchedulerName, Seed = Source.Seed, InitialLatent = Source.InitialLatent, Width = Width, Height = Height,
         UnconditionalEmbeddings = Source.NullEmbeddings, Excite = source ? Source.Excite : null, Boxes = source ? Source.Boxes : null,
+        SizeConditioning = Source.SizeConditioning,
     };
 
     /// <summary>The spec that reproduces an edit of this source (its PNG metadata).</summary>
@@ -218,7 +224,7 @@ public sealed class EditSession
     {
         Prompts = [Source.Prompt, .. request.Targets], Edit = request.Edit, Steps = Source.Steps, GuidanceScale = Source.GuidanceScale,
         Scheduler = SchedulerName, Seed = Source.InitialLatent is null ? Source.Seed : null, Width = Width, Height = Height,
-        NegativePrompt = Source.NegativePrompt, Model = _model.Location,
+        NegativePrompt = Source.NegativePrompt, Model = _model.Location, SizeConditioning = Source.SizeConditioning,
     };
 
     Dictionary<string, string> Metadata(EditSpec spec)
@@ -267,7 +273,7 @@ public sealed class EditSession
     {
         var resolved = views.ForRun(_model, Width, Height, Evaluations);
         int self = resolved.StoreSettings.SelfMaxPixels;
-        return (self <= Source.SelfMaxPixels ? this : new EditSession(_model, Source with { ExtraSelfPixels = self }, Cache, _log), resolved);
+        return (self <= SelfMaxPixels ? this : new EditSession(_model, Source with { ExtraSelfPixels = self }, Cache, _log), resolved);
     }
 
     /// <summary>

@@ -150,7 +150,7 @@ public sealed record UNetConfig(
 /// <summary>AutoencoderKL (diffusers).</summary>
 public sealed record VaeConfig(
     int InChannels, int OutChannels, int LatentChannels, int[] BlockOutChannels, int LayersPerBlock,
-    int NormNumGroups, double ScalingFactor, int SampleSize)
+    int NormNumGroups, double ScalingFactor, int SampleSize, bool ForceUpcast = true)
 {
     /// <summary>Pixels per latent pixel: 2^(number of downsampling levels).</summary>
     public int DownscaleFactor => 1 << (BlockOutChannels.Length - 1);
@@ -165,7 +165,8 @@ public sealed record VaeConfig(
         c.RefuseIfSet("act_fn", "activation", "silu");
         c.RefuseIfSet("shift_factor", "latent shift (SD 3 / Flux VAE)", "null", "0", "0.0");
         return new VaeConfig(c.Get("in_channels", 3), c.Get("out_channels", 3), c.Get("latent_channels", 4), channels,
-            c.Get("layers_per_block", 2), c.Get("norm_num_groups", 32), c.Get("scaling_factor", 0.18215), c.Get("sample_size", 512));
+            c.Get("layers_per_block", 2), c.Get("norm_num_groups", 32), c.Get("scaling_factor", 0.18215), c.Get("sample_size", 512),
+            c.Get("force_upcast", true));
     }
 }
 

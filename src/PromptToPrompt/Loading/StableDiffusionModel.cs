@@ -37,7 +37,10 @@ public sealed record ModelPlacement(Device Device, ScalarType DType)
     }
 }
 
-/// <summary>A loaded Stable Diffusion 1.x / 2.x model: tokenizer, text encoder, UNet, VAE and scheduler settings.</summary>
+/// <summary>
+/// A loaded Stable Diffusion model (1.x / 2.x, or XL): tokenizer, text encoder, UNet, VAE and scheduler settings; SDXL
+/// adds its second tokenizer and text encoder.
+/// </summary>
 public sealed class StableDiffusionModel : IDisposable
 {
     public required string Name { get; init; }
@@ -49,6 +52,14 @@ public sealed class StableDiffusionModel : IDisposable
     public required AutoencoderKL Vae { get; init; }
     public required SchedulerConfig Scheduler { get; init; }
     public required ModelPlacement Placement { get; init; }
+    /// <summary>SDXL: the second tokenizer (pad id may differ) and text encoder (with <c>text_projection</c>); null otherwise.</summary>
+    public ClipTokenizer? Tokenizer2 { get; init; }
+    public ClipTextModel? TextEncoder2 { get; init; }
+    /// <summary>SDXL's <c>force_zeros_for_empty_prompt</c> (model_index.json): without a negative prompt the negative embeddings are zeros.</summary>
+    public bool ForceZerosForEmptyPrompt { get; init; }
+
+    /// <summary>A Stable Diffusion XL model: two text encoders and the UNet's added text_time conditioning.</summary>
+    public bool IsXL => UNet.Config.TextTimeConditioning;
 
     /// <summary>Latent pixels per image pixel along one side (8 for SD).</summary>
     public int VaeScale => Vae.Config.DownscaleFactor;
@@ -107,14 +118,18 @@ public sealed class StableDiffusionModel : IDisposable
         var index = Path.Combine(folder, "model_index.json");
         if (!File.Exists(index))
             throw new UserError($"{folder} is not a diffusers model folder (no model_index.json). Pass the folder that contains model_index.json, or a .safetensors checkpoint.");
-        try { JsonDocument.Parse(File.ReadAllText(index)).Dispose(); }
+        JsonElement components;
+        try { components = JsonDocument.Parse(File.ReadAllText(index)).RootElement.Clone(); }
         catch (JsonException e) { throw new UserError($"{index} is not valid JSON ({e.Message}). Replace the file."); }
+        // A component the pipeline lacks is absent or [null, null] (as an SDXL refiner's text_encoder).
+        bool Listed(string name) => components.ValueKind == JsonValueKind.Object && components.TryGetProperty(name, out var v) &&
+                                    v.ValueKind == JsonValueKind.Array && v.GetArrayLength() > 0 && v[0].ValueKind == JsonValueKind.String;
 
         string Sub(string name) => Path.Combine(folder, name);
-        var textConfig = ClipTextConfig.From(ConfigOf(Sub("text_encoder")));
         var unetConfig = UNetConfig.From(ConfigOf(Sub("unet")));
-        if (unetConfig.TextTimeConditioning)
-            throw new UserError($"{folder} is a Stable Diffusion XL model (its UNet takes SDXL's added text_time conditioning); p2p generates and edits with SD 1.x/2.x models so far.");
+        if (unetConfig.TextTimeConditioning && !Listed("text_encoder"))
+            throw new UserError($"{folder} is an SDXL refiner (it has only the second text encoder and refines images); text-to-image and editing need an SDXL base model.");
+        var textConfig = ClipTextConfig.From(ConfigOf(Sub("text_encoder")));
         var vaeConfig = VaeConfig.From(ConfigOf(Sub("vae")));
         var schedulerConfig = SchedulerConfig.From(ConfigJson.Load(Path.Combine(Sub("scheduler"), "scheduler_config.json")));
         CheckUNetInputs(unetConfig, vaeConfig, Path.Combine(Sub("unet"), "config.json"));
@@ -122,14 +137,46 @@ public sealed class StableDiffusionModel : IDisposable
 
         var textEncoder = Component(new ClipTextModel(textConfig), Sub("text_encoder"), "model", placement, log);
         var unet = Component(new UNet2DConditionModel(unetConfig), Sub("unet"), "diffusion_pytorch_model", placement, log);
-        var vae = Component(new AutoencoderKL(vaeConfig), Sub("vae"), "diffusion_pytorch_model", placement, log, VaeAttentionNames);
+        bool xl = unetConfig.TextTimeConditioning;
+        var vae = Component(new AutoencoderKL(vaeConfig), Sub("vae"), "diffusion_pytorch_model", VaePlacement(placement, vaeConfig, xl), log, VaeAttentionNames);
         return new StableDiffusionModel
         {
             Name = Path.GetFileName(Path.GetFullPath(folder).TrimEnd(Path.DirectorySeparatorChar)), Location = Path.GetFullPath(folder),
             Tokenizer = tokenizer, TextEncoder = textEncoder, UNet = unet, Vae = vae,
             Scheduler = schedulerConfig, Placement = placement,
-        };
+            Tokenizer2 = xl ? ClipTokenizer.Load(Sub("tokenizer_2")) : null,
+            TextEncoder2 = xl ? LoadTextEncoder(Sub("text_encoder_2"), placement, log) : null,
+            ForceZerosForEmptyPrompt = xl && components.TryGetProperty("force_zeros_for_empty_prompt", out var zeros) && zeros.ValueKind == JsonValueKind.True,
+        }.CheckXL(Path.Combine(Sub("unet"), "config.json"));
     }
+
+    /// <summary>
+    /// Checks what SDXL's UNet expects of the rest: the context width is both encoders' widths together, and the added
+    /// embedding takes six time ids and the second encoder's projection (diffusers' <c>_get_add_time_ids</c> check).
+    /// </summary>
+    StableDiffusionModel CheckXL(string where)
+    {
+        if (!IsXL) return this;
+        var c = UNet.Config;
+        int width = TextEncoder.Config.HiddenSize + TextEncoder2!.Config.HiddenSize;
+        if (c.CrossAttentionDim != width)
+            throw new UserError($"{where}: cross_attention_dim {c.CrossAttentionDim} is not the two text encoders' widths together ({width}); the folder mixes models.");
+        int added = TextTimeConditioning.TimeIdCount * c.AdditionTimeEmbedDim + TextEncoder2.Config.ProjectionDim;
+        if (c.ProjectionClassEmbeddingsInputDim != added)
+            throw new UserError($"{where}: projection_class_embeddings_input_dim {c.ProjectionClassEmbeddingsInputDim} is not {TextTimeConditioning.TimeIdCount} time ids x " +
+                                $"{c.AdditionTimeEmbedDim} + the second text encoder's projection_dim ({added}); a refiner (which adds an aesthetic score) is not a text-to-image model.");
+        return this;
+    }
+
+    /// <summary>
+    /// Where the VAE runs: in float32 instead of float16 for SDXL VAEs with <c>force_upcast</c> (their activations overflow
+    /// float16 and decode to black images; diffusers' SDXL pipeline upcasts them the same way), else as the model.
+    /// </summary>
+    internal static ModelPlacement VaePlacement(ModelPlacement placement, VaeConfig config, bool xl) =>
+        xl && config.ForceUpcast && placement.DType == ScalarType.Float16 ? placement with { DType = ScalarType.Float32 } : placement;
+
+    /// <summary>The dtype the VAE's weights are in (see <see cref="VaePlacement"/>).</summary>
+    public ScalarType VaeDType => Vae.parameters().First().dtype;
 
     /// <summary>A text encoder of a diffusers folder (<c>text_encoder/</c>, <c>text_encoder_2/</c>), alone.</summary>
     public static ClipTextModel LoadTextEncoder(string folder, ModelPlacement placement, Action<string>? log = null) =>
@@ -190,7 +237,7 @@ public sealed class StableDiffusionModel : IDisposable
         void Add(string text) { var b = System.Text.Encoding.UTF8.GetBytes(text + "\n"); sha.TransformBlock(b, 0, b.Length, null, 0); }
         Add(JsonSerializer.Serialize(new object[] { UNet.Config, Vae.Config, TextEncoder.Config, Tokenizer.VocabSize, Tokenizer.MaxLength }));
         using var _ = no_grad();
-        foreach (var module in new nn.Module[] { TextEncoder, UNet, Vae })
+        foreach (var module in new nn.Module?[] { TextEncoder, TextEncoder2, UNet, Vae }.OfType<nn.Module>())
             foreach (var (name, p) in module.named_parameters().OrderBy(p => p.name, StringComparer.Ordinal))
             {
                 Add($"{name} [{string.Join(",", p.shape)}]");
@@ -207,6 +254,7 @@ public sealed class StableDiffusionModel : IDisposable
     public void Dispose()
     {
         TextEncoder.Dispose();
+        TextEncoder2?.Dispose();
         UNet.Dispose();
         Vae.Dispose();
     }

@@ -217,10 +217,13 @@ public sealed class UNet2DConditionModel : nn.Module
     /// <paramref name="latentWidth"/>: each level down applies the stride-2 downsampling convolution's size rule
     /// (the up blocks upsample back to the same sizes).
     /// </summary>
-    public (int Height, int Width) QueryGrid(AttentionLayer layer, int latentHeight, int latentWidth)
+    public (int Height, int Width) QueryGrid(AttentionLayer layer, int latentHeight, int latentWidth) => QueryGrid(layer.Level, latentHeight, latentWidth);
+
+    /// <summary>The grid of UNet level <paramref name="level"/> (0: the latent's own) for latents of the given size.</summary>
+    public (int Height, int Width) QueryGrid(int level, int latentHeight, int latentWidth)
     {
         int Down(int size) => (size + 2 * Config.DownsamplePadding - 3) / 2 + 1;
-        for (int i = 0; i < layer.Level; i++) (latentHeight, latentWidth) = (Down(latentHeight), Down(latentWidth));
+        for (int i = 0; i < level; i++) (latentHeight, latentWidth) = (Down(latentHeight), Down(latentWidth));
         return (latentHeight, latentWidth);
     }
 
@@ -262,6 +265,9 @@ public sealed class UNet2DConditionModel : nn.Module
 /// <summary>SDXL's added conditioning: the pooled text embedding [B, P] and the time ids [B, 6] (original size, crop top-left, target size; heights first).</summary>
 public sealed record TextTimeConditioning(Tensor TextEmbeds, Tensor TimeIds)
 {
+    /// <summary>Numbers in a row of time ids.</summary>
+    public const int TimeIdCount = 6;
+
     /// <summary>diffusers' <c>_get_add_time_ids</c>: [1, 6] float32 of the original size, the crop's top-left corner and the target size, each (height, width).</summary>
     public static Tensor TimeIdsOf((int Height, int Width) original, (int Top, int Left) crop, (int Height, int Width) target) =>
         tensor(new float[] { original.Height, original.Width, crop.Top, crop.Left, target.Height, target.Width }, [1, 6]);

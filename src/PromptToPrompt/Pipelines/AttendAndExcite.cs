@@ -59,6 +59,7 @@ public sealed class AttendAndExcite : ILatentGuidance
 {
     readonly StableDiffusionModel _model;
     readonly Tensor _cond;
+    readonly TextTimeConditioning? _added;
     readonly ExciteSettings _settings;
     readonly double[] _scales;
     readonly Tensor _kernel;
@@ -73,9 +74,11 @@ public sealed class AttendAndExcite : ILatentGuidance
 
     /// <param name="cond">The prompt's embedding [1, L, D].</param>
     /// <param name="endToken">Position of the prompt's end token (needed with <see cref="ExciteSettings.NormalizeEot"/>).</param>
+    /// <param name="added">SDXL's added conditioning of the prompt's row (null for other models).</param>
     public AttendAndExcite(StableDiffusionModel model, Tensor cond, ExciteSettings settings, int evaluations, int latentHeight, int latentWidth,
-                           int? endToken = null)
+                           int? endToken = null, TextTimeConditioning? added = null)
     {
+        _added = added is null ? null : new TextTimeConditioning(added.TextEmbeds.detach().DetachFromDisposeScope(), added.TimeIds.detach().DetachFromDisposeScope());
         settings.Validate();
         _model = model;
         _cond = cond.detach().to(model.Placement.DType).to(model.Placement.Device).DetachFromDisposeScope();
@@ -157,7 +160,7 @@ public sealed class AttendAndExcite : ILatentGuidance
         _capture.Maps.Clear();
         using (_model.UNet.Hooks.Use(_capture))
         using (var timestep = tensor((float)t, ScalarType.Float32, z.device))
-            _model.UNet.forward(z.to(_model.Placement.DType), timestep, _cond).Dispose();
+            _model.UNet.forward(z.to(_model.Placement.DType), timestep, _cond, _added).Dispose();
         if (_capture.Maps.Count == 0) throw new InvalidOperationException($"No cross-attention maps at {Resolution}x{Resolution} were seen.");
         // The reference's order: up, down, mid; each map [heads, res, res, tokens].
         var ordered = _capture.Maps.OrderBy(m => m.Place switch { UNetPlace.Up => 0, UNetPlace.Down => 1, _ => 2 })

@@ -115,8 +115,11 @@ public sealed record EditSpec
     public int? Width { get; init; }
     public int? Height { get; init; }
     public string NegativePrompt { get; init; } = "";
+    /// <summary>SDXL micro-conditioning (<c>original_size</c>, <c>crops_coords_top_left</c>, <c>target_size</c>, diffusers' names); null = defaults.</summary>
+    public SizeConditioning? SizeConditioning { get; init; }
 
-    static readonly HashSet<string> TopFields = ["model", "prompts", "steps", "guidance_scale", "scheduler", "seed", "latent", "width", "height", "negative_prompt"];
+    static readonly HashSet<string> TopFields = ["model", "prompts", "steps", "guidance_scale", "scheduler", "seed", "latent", "width", "height", "negative_prompt",
+                                                 "original_size", "crops_coords_top_left", "target_size"];
     static readonly HashSet<string> EditFields = ["edit", "cross_replace_steps", "self_replace_steps", "local_blend", "equalizer", "base", "variant", "reference_mapper_defect"];
 
     /// <summary>How a spec's JSON is read: a field given twice is refused (invalid JSON), not an error later.</summary>
@@ -154,7 +157,21 @@ public sealed record EditSpec
             Width = Get<int?>(root, "width", where),
             Height = Get<int?>(root, "height", where),
             NegativePrompt = Get<string>(root, "negative_prompt", where) ?? "",
+            SizeConditioning = ParseSizeConditioning(root, where),
         };
+    }
+
+    static SizeConditioning? ParseSizeConditioning(JsonObject root, string where)
+    {
+        (int, int)? Pair(string key)
+        {
+            if (root[key] is null) return null;
+            var v = Get<int[]>(root, key, where);
+            if (v is not { Length: 2 }) throw new UserError($"{where}: '{key}' must be two integers, [height, width] or [top, left].");
+            return (v[0], v[1]);
+        }
+        var (original, crop, target) = (Pair("original_size"), Pair("crops_coords_top_left"), Pair("target_size"));
+        return original is null && crop is null && target is null ? null : new SizeConditioning(original, crop, target);
     }
 
     static EditDescription ParseEdit(JsonObject o, IReadOnlyList<string> prompts, string where)
@@ -324,6 +341,12 @@ public sealed record EditSpec
         if (Height is not null) o["height"] = Height;
         if (NegativePrompt.Length > 0) o["negative_prompt"] = NegativePrompt;
         if (Model is not null) o["model"] = Model;
+        if (SizeConditioning is { } c)
+        {
+            if (c.OriginalSize is { } os) o["original_size"] = new JsonArray(os.Height, os.Width);
+            if (c.CropTopLeft is { } cc) o["crops_coords_top_left"] = new JsonArray(cc.Top, cc.Left);
+            if (c.TargetSize is { } ts) o["target_size"] = new JsonArray(ts.Height, ts.Width);
+        }
         return o.ToJsonString();
     }
 }

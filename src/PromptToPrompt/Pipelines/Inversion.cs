@@ -79,15 +79,17 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
         using var scope = NewDisposeScope();
         using var image01 = image.ToTensor();
         var latent = pipeline.Encode(image01);
-        var cond = pipeline.EncodePrompts([prompt]).to(dtype).to(device);
-        var empty = pipeline.EncodePrompts([""]).to(dtype).to(device);
+        // The unconditional side is the empty prompt's, as the sampling from the inversion will use (zeros for SDXL models with force_zeros_for_empty_prompt).
+        var (condText, emptyText, pooled) = pipeline.Condition([prompt], "", null, image.Width, image.Height);
+        var cond = condText.to(dtype).to(device);
+        var empty = emptyText.to(dtype).to(device);
 
-        var trajectory = DdimTrajectory(latent, cond, scheduler, null, progress, clock, cancel);
+        var trajectory = DdimTrajectory(latent, cond, scheduler, null, progress, clock, cancel, pooled: pooled);
         Tensor nullEmbeddings = settings.Method switch
         {
             InversionMethod.Ddim or InversionMethod.Direct => empty.unsqueeze(0).expand(n, -1, -1, -1).contiguous(),
             InversionMethod.NegativePrompt => cond.unsqueeze(0).expand(n, -1, -1, -1).contiguous(),
-            _ => OptimizeNullText(trajectory, cond, empty, scheduler, settings, progress, clock, cancel),
+            _ => OptimizeNullText(trajectory, cond, empty, pooled, scheduler, settings, progress, clock, cancel),
         };
         var ddim = stack(trajectory.Select(t => t.to(ScalarType.Float32).cpu()).ToArray());
         return new InversionResult(trajectory[^1].to(ScalarType.Float32).cpu().MoveToOuterDisposeScope(),
@@ -100,8 +102,10 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
     /// Index 0 of the result is the latent itself, index k the latent after k inversion steps.
     /// </summary>
     public List<Tensor> DdimTrajectory(Tensor latent, Tensor cond, DdimScheduler scheduler, Func<Tensor, Tensor>? regularize,
-                                       IProgress<InversionProgress>? progress, Stopwatch clock, CancellationToken cancel, string phase = "DDIM inversion")
+                                       IProgress<InversionProgress>? progress, Stopwatch clock, CancellationToken cancel, string phase = "DDIM inversion",
+                                       PooledConditioning? pooled = null)
     {
+        var added = pooled?.For(guided: false, latent.device);
         int n = scheduler.Timesteps.Count;
         var trajectory = new List<Tensor> { latent };
         using var _ = no_grad();
@@ -111,7 +115,7 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
             cancel.ThrowIfCancellationRequested();
             using var pause = CollectionPause.Begin();
             int stepIndex = n - 1 - i;
-            var eps = Predict(x, scheduler.Timesteps[stepIndex], cond);
+            var eps = Predict(x, scheduler.Timesteps[stepIndex], cond, added);
             if (regularize is not null) eps = regularize(eps);
             x = scheduler.InvertStep(eps, stepIndex, x);
             trajectory.Add(x);
@@ -120,10 +124,11 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
         return trajectory;
     }
 
-    Tensor Predict(Tensor x, double t, Tensor context)
+    /// <param name="added">SDXL's added conditioning for the rows of <paramref name="x"/> (null for other models).</param>
+    Tensor Predict(Tensor x, double t, Tensor context, TextTimeConditioning? added)
     {
         using var timestep = tensor((float)t, ScalarType.Float32, x.device);
-        return Model.UNet.forward(x.to(Model.Placement.DType), timestep, context).to(ScalarType.Float32);
+        return Model.UNet.forward(x.to(Model.Placement.DType), timestep, context, added).to(ScalarType.Float32);
     }
 
     /// <summary>
@@ -132,9 +137,11 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
     /// the DDIM-inverted latent one step earlier; at most <c>InnerSteps</c> iterations, stopping once the loss is
     /// below <c>epsilon + i * 2e-5</c> (after the step is taken). The next step starts from the optimised embedding.
     /// </summary>
-    Tensor OptimizeNullText(List<Tensor> trajectory, Tensor cond, Tensor empty, DdimScheduler scheduler, InversionSettings s,
+    Tensor OptimizeNullText(List<Tensor> trajectory, Tensor cond, Tensor empty, PooledConditioning? pooled, DdimScheduler scheduler, InversionSettings s,
                             IProgress<InversionProgress>? progress, Stopwatch clock, CancellationToken cancel)
     {
+        var device = cond.device;
+        var (positive, negative, both) = (pooled?.For(false, device), pooled?.Negative(device), pooled?.For(true, device));
         int n = scheduler.Timesteps.Count;
         var result = new List<Tensor>();
         var uncond = empty.detach().clone();
@@ -147,14 +154,14 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
             var param = new TorchSharp.Modules.Parameter(uncond.detach().to(ScalarType.Float32).clone(), requires_grad: true);
             using var optimizer = optim.Adam([param], lr: 1e-2 * (1.0 - i / 100.0));
             Tensor condNoise;
-            using (no_grad()) condNoise = Predict(current, t, cond);
+            using (no_grad()) condNoise = Predict(current, t, cond, positive);
             double loss = double.NaN;
             for (int j = 0; j < s.InnerSteps; j++)
             {
                 cancel.ThrowIfCancellationRequested();
                 using var inner = NewDisposeScope();
                 using var pause = CollectionPause.Begin();
-                var uncondNoise = Predict(current, t, param.to(Model.Placement.DType));
+                var uncondNoise = Predict(current, t, param.to(Model.Placement.DType), negative);
                 var noise = uncondNoise + s.GuidanceScale * (condNoise - uncondNoise);
                 var previous = scheduler.Step(noise, i, current);
                 var mse = nn.functional.mse_loss(previous, target);
@@ -171,8 +178,8 @@ public sealed class Inversion(StableDiffusionPipeline pipeline)
             {
                 var context = cat([uncond, cond], 0);
                 using var timestep = tensor((float)t, ScalarType.Float32, current.device);
-                var both = Model.UNet.forward(cat([current, current], 0).to(Model.Placement.DType), timestep, context).to(ScalarType.Float32).chunk(2, 0);
-                var noise = both[0] + s.GuidanceScale * (both[1] - both[0]);
+                var halves = Model.UNet.forward(cat([current, current], 0).to(Model.Placement.DType), timestep, context, both).to(ScalarType.Float32).chunk(2, 0);
+                var noise = halves[0] + s.GuidanceScale * (halves[1] - halves[0]);
                 current = scheduler.Step(noise, i, current).MoveToOuterDisposeScope();
             }
         }

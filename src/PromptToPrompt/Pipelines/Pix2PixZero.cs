@@ -152,6 +152,12 @@ public sealed class Pix2PixZero(StableDiffusionPipeline pipeline)
     StableDiffusionModel Model => pipeline.Model;
 
     /// <summary>The direction between two sets of sentences (text embeddings encoded 16 at a time).</summary>
+    void RequireNotXL()
+    {
+        if (Model.IsXL)
+            throw new UserError($"{Model.Name} is an SDXL model; p2p zero works with SD 1.x/2.x models so far. Edit SDXL images with p2p edit.");
+    }
+
     public EditDirection Direction(string from, string to, IReadOnlyList<string> fromSentences, IReadOnlyList<string> toSentences, string source)
     {
         using var scope = NewDisposeScope();
@@ -167,6 +173,7 @@ public sealed class Pix2PixZero(StableDiffusionPipeline pipeline)
     {
         settings.Validate();
         Model.RequireTextToImage();
+        RequireNotXL();
         var inversion = new Inversion(pipeline);
         using var scope = NewDisposeScope();
         using var image01 = image.ToTensor();
@@ -184,6 +191,7 @@ public sealed class Pix2PixZero(StableDiffusionPipeline pipeline)
     {
         settings.Validate();
         Model.RequireTextToImage();
+        RequireNotXL();
         var device = Model.Placement.Device;
         var dtype = Model.Placement.DType;
         var scheduler = new Inversion(pipeline).Scheduler(settings.Steps);

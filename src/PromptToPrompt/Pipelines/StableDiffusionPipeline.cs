@@ -44,6 +44,51 @@ public sealed record GenerationRequest
     /// negative prompt's embedding, broadcast to every prompt.
     /// </summary>
     public Tensor? UnconditionalEmbeddings { get; init; }
+    /// <summary>SDXL's micro-conditioning (time ids); null = diffusers' defaults. Other models ignore it.</summary>
+    public SizeConditioning? SizeConditioning { get; init; }
+}
+
+/// <summary>
+/// SDXL's micro-conditioning: the original image size, the crop's top-left corner and the target size the time ids
+/// describe (heights first). Parts left null take diffusers' defaults: both sizes the generated image's, crop (0, 0).
+/// </summary>
+public sealed record SizeConditioning((int Height, int Width)? OriginalSize = null, (int Top, int Left)? CropTopLeft = null, (int Height, int Width)? TargetSize = null)
+{
+    /// <summary>The time ids [1, 6] for an image of <paramref name="width"/> x <paramref name="height"/>; refuses sizes that are not positive.</summary>
+    public Tensor TimeIds(int width, int height)
+    {
+        var original = OriginalSize ?? (height, width);
+        var target = TargetSize ?? (height, width);
+        var crop = CropTopLeft ?? (0, 0);
+        foreach (var (name, (h, w)) in new[] { ("original size", original), ("target size", target) })
+            if (h <= 0 || w <= 0) throw new UserError($"The {name} must be a positive height,width; got {h},{w}.");
+        if (crop.Top < 0 || crop.Left < 0) throw new UserError($"The crop coordinates must be a top,left of at least 0; got {crop.Top},{crop.Left}.");
+        return TextTimeConditioning.TimeIdsOf(original, crop, target);
+    }
+
+    /// <summary>Readable form for the PNG summary: <c>original 1024x1024, crop 0,0, target 1024x1024</c>.</summary>
+    public string Describe(int width, int height)
+    {
+        var o = OriginalSize ?? (height, width);
+        var c = CropTopLeft ?? (0, 0);
+        var t = TargetSize ?? (height, width);
+        return $"original {o.Height}x{o.Width}, crop {c.Top},{c.Left}, target {t.Height}x{t.Width}";
+    }
+}
+
+/// <summary>
+/// SDXL's added conditioning of a run: the prompts' pooled embeddings and the negative side's [N, P], and the time
+/// ids [1, 6] every row shares.
+/// </summary>
+public sealed record PooledConditioning(Tensor Pooled, Tensor NegativePooled, Tensor TimeIds)
+{
+    /// <summary>The UNet's added conditioning for its batch: <c>[negative, positive]</c> with guidance, the positive rows alone without.</summary>
+    public TextTimeConditioning For(bool guided, Device device) => Of(guided ? cat([NegativePooled, Pooled], 0) : Pooled, device);
+
+    /// <summary>The negative rows alone.</summary>
+    public TextTimeConditioning Negative(Device device) => Of(NegativePooled, device);
+
+    TextTimeConditioning Of(Tensor pooled, Device device) => new(pooled.to(device), TimeIds.to(device).expand(pooled.shape[0], -1));
 }
 
 /// <summary>Final latents (before VAE decoding, [N, C, h, w], float32 on the CPU) and the decoded images.</summary>
@@ -65,19 +110,52 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
     /// <summary>Text embeddings [N, L, D] of the prompts; warns when a prompt is longer than the encoder reads.</summary>
     public Tensor EncodePrompts(IReadOnlyList<string> prompts)
     {
-        using var scope = NewDisposeScope();
-        var ids = new List<long>();
-        foreach (var p in prompts)
-        {
-            var t = model.Tokenizer.Tokenize(p);
-            if (t.Truncated)
-                log?.Invoke($"warning: the prompt \"{Shorten(p)}\" is longer than the {model.Tokenizer.MaxLength - 2} tokens the text encoder reads; the rest is ignored.");
-            ids.AddRange(t.Ids);
-        }
-        using var _ = no_grad();
-        var input = tensor(ids.ToArray(), [prompts.Count, model.Tokenizer.MaxLength]).to(Device);
-        return model.TextEncoder.forward(input).MoveToOuterDisposeScope();
+        var (context, pooled) = EncodeText(prompts);
+        pooled?.Dispose();
+        return context;
     }
+
+    /// <summary>
+    /// The prompts' text conditioning: token embeddings [N, L, D] and, for SDXL, the pooled embeddings [N, P] (both
+    /// encoders as <see cref="SdxlTextEncoders"/>; null otherwise). Warns when a prompt is longer than the encoder reads.
+    /// </summary>
+    public (Tensor Context, Tensor? Pooled) EncodeText(IReadOnlyList<string> prompts)
+    {
+        foreach (var p in prompts)
+            if (model.Tokenizer.Tokenize(p).Truncated)
+                log?.Invoke($"warning: the prompt \"{Shorten(p)}\" is longer than the {model.Tokenizer.MaxLength - 2} tokens the text encoder reads; the rest is ignored.");
+        if (model.IsXL)
+        {
+            var (embeds, pooled) = new SdxlTextEncoders(model.Tokenizer, model.TextEncoder, model.Tokenizer2!, model.TextEncoder2!).Encode(prompts);
+            return (embeds, pooled);
+        }
+        using var scope = NewDisposeScope();
+        using var _ = no_grad();
+        var input = tensor(prompts.SelectMany(p => model.Tokenizer.Tokenize(p).Ids).ToArray(), [prompts.Count, model.Tokenizer.MaxLength]).to(Device);
+        return (model.TextEncoder.forward(input).MoveToOuterDisposeScope(), null);
+    }
+
+    /// <summary>
+    /// A run's text conditioning: the prompts' embeddings [N, L, D], the negative side's (<see cref="EncodeNegative"/>)
+    /// and, for SDXL, the pooled conditioning with the time ids of <paramref name="sizes"/> for a
+    /// <paramref name="width"/> x <paramref name="height"/> image (null for other models).
+    /// </summary>
+    public (Tensor Cond, Tensor Uncond, PooledConditioning? Pooled) Condition(IReadOnlyList<string> prompts, string negative, SizeConditioning? sizes, int width, int height)
+    {
+        var (cond, pooledCond) = EncodeText(prompts);
+        var (uncond, pooledUncond) = EncodeNegative(negative, prompts.Count, cond, pooledCond);
+        return (cond, uncond, model.IsXL ? new PooledConditioning(pooledCond!, pooledUncond!, (sizes ?? new()).TimeIds(width, height)) : null);
+    }
+
+    /// <summary>
+    /// The negative side of SDXL's text conditioning for <paramref name="n"/> images: zeros when there is no negative
+    /// prompt and the model has <c>force_zeros_for_empty_prompt</c> (an empty negative prompt counts as none), else the
+    /// encoded negative prompt.
+    /// </summary>
+    (Tensor Context, Tensor? Pooled) EncodeNegative(string negative, int n, Tensor cond, Tensor? pooled) =>
+        model.IsXL && model.ForceZerosForEmptyPrompt && negative.Length == 0
+            ? (zeros_like(cond), zeros_like(pooled!))
+            : EncodeText(Enumerable.Repeat(negative, n).ToList());
 
     static string Shorten(string s) => s.Length <= 60 ? s : s[..57] + "...";
 
@@ -132,12 +210,15 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
     /// </summary>
     public Tensor Denoise(Tensor latents, Tensor uncond, Tensor cond, IScheduler scheduler, double guidance,
                           IDenoisingObserver? observer = null, IProgress<StepProgress>? progress = null, CancellationToken cancel = default,
-                          Generator? generator = null, ILatentGuidance? latentGuidance = null)
+                          Generator? generator = null, ILatentGuidance? latentGuidance = null, PooledConditioning? pooled = null)
     {
         using var _ = no_grad();
         bool perStep = uncond.dim() == 4;
         bool cfg = guidance != 1.0 || perStep;
+        if (model.IsXL != pooled is not null)
+            throw new InvalidOperationException(model.IsXL ? "An SDXL model's denoising needs the pooled conditioning." : "Only SDXL models take pooled conditioning.");
         using var fixedContext = (cfg && !perStep ? cat([uncond, cond], 0) : cond).to(DType).to(Device);
+        var added = pooled?.For(cfg, Device);
         var x = latents.to(ScalarType.Float32).to(Device);
         int total = scheduler.Timesteps.Count;
         var clock = Stopwatch.StartNew();
@@ -152,7 +233,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
             var input = scheduler.ScaleModelInput(cfg ? cat([current, current], 0) : current, i);
             var context = perStep ? cat([uncond[i].expand(cond.shape).to(DType).to(Device), fixedContext], 0) : fixedContext;
             using var t = tensor((float)scheduler.Timesteps[i], ScalarType.Float32, Device);
-            var output = model.UNet.forward(input.to(DType), t, context).to(ScalarType.Float32);
+            var output = model.UNet.forward(input.to(DType), t, context, added).to(ScalarType.Float32);
             Tensor noise;
             if (cfg)
             {
@@ -188,7 +269,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
     }
 
     /// <summary>Decodes diffusion latents [N, C, h, w] to images, one at a time to bound memory.</summary>
-    /// <param name="round">Round to uint8 as diffusers' numpy_to_pil does (InstructPix2Pix, Attend-and-Excite references); else truncate as the Prompt-to-Prompt code does.</param>
+    /// <param name="round">Round to uint8 as diffusers' numpy_to_pil does (InstructPix2Pix, Attend-and-Excite and SDXL references); else truncate as the Prompt-to-Prompt code does.</param>
     public RgbImage[] Decode(Tensor latents, bool round = false)
     {
         using var _ = no_grad();
@@ -196,7 +277,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         for (int i = 0; i < latents.shape[0]; i++)
         {
             using var scope = NewDisposeScope();
-            var z = (latents[i..(i + 1)].to(ScalarType.Float32) / model.Vae.Config.ScalingFactor).to(DType).to(Device);
+            var z = (latents[i..(i + 1)].to(ScalarType.Float32) / model.Vae.Config.ScalingFactor).to(model.VaeDType).to(Device);
             images.AddRange(RgbImage.FromDecoded(model.Vae.Decode(z), round));
         }
         return images.ToArray();
@@ -207,7 +288,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
     {
         using var _ = no_grad();
         using var scope = NewDisposeScope();
-        var (mean, _) = model.Vae.Encode(image.to(DType).to(Device));
+        var (mean, _) = model.Vae.Encode(image.to(model.VaeDType).to(Device));
         return (mean.to(ScalarType.Float32) * model.Vae.Config.ScalingFactor).MoveToOuterDisposeScope();
     }
 
@@ -228,6 +309,8 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
             throw new UserError("Attend-and-Excite guides one prompt at a time: give a single --prompt.");
         if (request.Boxes is not null && request.Prompts.Count != 1)
             throw new UserError("Directed Diffusion places the objects of one prompt at a time: give a single --prompt.");
+        if (request.SizeConditioning is not null && !model.IsXL)
+            throw new UserError($"Original size, crop coordinates and target size are SDXL's micro-conditioning; {model.Name} has none. Drop them.");
         var scheduler = Schedulers.Schedulers.Create(schedulerName, model.Scheduler, request.Steps);
         var (width, height) = ResolveSize(request.Width, request.Height, request.InitialLatent);
         int n = request.Prompts.Count;
@@ -243,8 +326,7 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         else latents = InitialNoise(generator, controller is null ? n : 1, width, height).expand(n, -1, -1, -1);
         latents = latents * scheduler.InitNoiseSigma;
 
-        var cond = EncodePrompts(request.Prompts);
-        Tensor uncond;
+        var (cond, uncond, pooled) = Condition(request.Prompts, request.NegativePrompt, request.SizeConditioning, width, height);
         if (request.UnconditionalEmbeddings is { } nullText)
         {
             if (nullText.dim() != 4 || nullText.shape[0] != scheduler.Timesteps.Count || nullText.shape[1] != 1 || !nullText.shape[2..].SequenceEqual(cond.shape[1..]))
@@ -252,17 +334,16 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
                                     $"[{scheduler.Timesteps.Count}, 1, {cond.shape[1]}, {cond.shape[2]}] (one per step, same steps and scheduler as the inversion).");
             uncond = nullText;
         }
-        else uncond = EncodePrompts(Enumerable.Repeat(request.NegativePrompt, n).ToList());
         var excite = request.Excite is { } settings
             ? new AttendAndExcite(model, cond, settings, scheduler.Timesteps.Count, height / model.VaeScale, width / model.VaeScale,
-                                  model.Tokenizer.Tokenize(request.Prompts[0]).TokenCount - 1) : null;
+                                  model.Tokenizer.Tokenize(request.Prompts[0]).TokenCount - 1, pooled?.For(guided: false, Device)) : null;
         using var directed = request.Boxes is { } boxes ? DirectedDiffusion.For(model.Tokenizer, request.Prompts[0], boxes) : null;
         // Directed Diffusion edits the maps first; a controller of the same run (a recorder, a store) sees the edited ones.
         IRunController? run = directed is null ? controller : controller is null ? directed : new ControllerChain(directed, controller);
         Tensor final;
         using (model.UNet.Hooks.Use(run))
-            final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, run, progress, cancel, generator, excite);
-        var images = Decode(final);
+            final = Denoise(latents, uncond, cond, scheduler, request.GuidanceScale, run, progress, cancel, generator, excite, pooled);
+        var images = Decode(final, round: model.IsXL);
         var parameters = Parameters(request, schedulerName, width, height);
         return new GenerationResult(final.cpu().MoveToOuterDisposeScope(), images, parameters, excite?.Steps);
     }
@@ -282,6 +363,14 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
             ["model"] = model.Name, ["dtype"] = DType.ToString().ToLowerInvariant(), ["device"] = Device.ToString(),
         };
         foreach (var (key, value) in GuidanceRecord(r.Excite, r.Boxes)) record[key] = value;
+        if (model.IsXL)
+        {
+            var ids = (r.SizeConditioning ?? new()).TimeIds(width, height).data<float>().Select(v => (int)v).ToArray();
+            record["original_size"] = ids[0..2];
+            record["crops_coords_top_left"] = ids[2..4];
+            record["target_size"] = ids[4..6];
+            summary += $", SDXL {(r.SizeConditioning ?? new()).Describe(width, height)}";
+        }
         var json = JsonSerializer.Serialize(record);
         return new Dictionary<string, string> { ["parameters"] = summary + GuidanceSummary(r.Excite, r.Boxes), ["prompt-to-prompt"] = json };
     }

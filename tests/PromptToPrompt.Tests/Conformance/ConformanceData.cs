@@ -46,6 +46,9 @@ public sealed class ConformanceData : IDisposable
     readonly Lazy<StableDiffusionModel> _ip2p = new(() => StableDiffusionModel.Load(Ip2pPath, ModelPlacement.Cpu));
     /// <summary>The tiny InstructPix2Pix model (README section 7.1).</summary>
     public StableDiffusionModel Ip2pModel => _ip2p.Value;
+    readonly Lazy<StableDiffusionModel> _sdxl = new(() => StableDiffusionModel.Load(SdxlPath, ModelPlacement.Cpu));
+    /// <summary>The tiny SDXL model (README section 9.1).</summary>
+    public StableDiffusionModel SdxlModel => _sdxl.Value;
 
     public static JsonElement Manifest(string relativeJson) =>
         JsonDocument.Parse(File.ReadAllText(Golden(relativeJson))).RootElement;
@@ -54,6 +57,7 @@ public sealed class ConformanceData : IDisposable
     {
         if (_model.IsValueCreated) _model.Value.Dispose();
         if (_ip2p.IsValueCreated) _ip2p.Value.Dispose();
+        if (_sdxl.IsValueCreated) _sdxl.Value.Dispose();
     }
 }
 

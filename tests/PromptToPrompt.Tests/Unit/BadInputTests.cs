@@ -55,6 +55,11 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
             Directory.CreateDirectory(_dir.File("directions"));
             File.WriteAllText(_dir.File("directions/red.txt"), "a red ball\n\na red ball on grass\na red apple\n");
             File.WriteAllBytes(_dir.File("cut.png"), Png.Encode(new RgbImage(64, 64, new byte[64 * 64 * 3]))[..60]);
+            // An SDXL refiner's folder, as far as the loader reads before refusing it: no first text encoder.
+            Directory.CreateDirectory(_dir.File("refiner/unet"));
+            File.WriteAllText(_dir.File("refiner/model_index.json"),
+                "{\"_class_name\": \"StableDiffusionXLImg2ImgPipeline\", \"text_encoder\": [null, null], \"text_encoder_2\": [\"transformers\", \"CLIPTextModelWithProjection\"]}");
+            File.Copy(System.IO.Path.Combine(ConformanceData.SdxlPath, "unet", "config.json"), _dir.File("refiner/unet/config.json"));
         }
 
         static byte[] Safetensors(string header, int dataBytes)
@@ -83,6 +88,7 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
     const string Gen = "generate|--model|{model}|--prompt|a red fox|--out|{out}/o.png";
     const string Edit = "edit|--model|{model}|--prompt|a cat riding a bicycle|--steps|2|--out|{out}/edit";
     const string EditDog = Edit + "|--target|a dog riding a bicycle";
+    const string Sdxl = "generate|--model|{sdxl}|--prompt|a cat|--steps|2|--out|{out}/x.png";
     const string Zero = "zero|--model|{model}|--image|{photo}|--prompt|a red ball|--out|{out}/z";
 
     public static TheoryData<string, string> Rows() => new()
@@ -165,8 +171,16 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
         { Zero + "|--from|red|--to|blue|--xa-guidance|-1", "--xa-guidance must be a finite number of at least 0; got -1" },
         { Zero + "|--from|red|--to|blue|--directions|{files}/nowhere", "is not a folder" },
         { Zero + "|--from|../x|--to|blue|--directions|{files}/directions", "is not a word" },
-        // SDXL: its UNet loads, the pipeline does not run it yet
-        { "generate|--model|{sdxl}|--prompt|a cat|--out|{out}/x.png", "is a Stable Diffusion XL model" },
+        // SDXL
+        { Sdxl + "|--width|260", "width 260 is not a positive multiple of 8" },
+        { Sdxl + "|--original-size|0,1024", "The original size must be a positive height,width; got 0,1024." },
+        { Sdxl + "|--target-size|512,-1", "The target size must be a positive height,width; got 512,-1." },
+        { Sdxl + "|--crop-coords|-8,0", "The crop coordinates must be a top,left of at least 0; got -8,0." },
+        { Sdxl + "|--crop-coords|top,left", "--crop-coords 'top,left': give two integers separated by a comma" },
+        { "generate|--model|{model}|--prompt|a cat|--original-size|512,512|--out|{out}/x.png", "are SDXL's micro-conditioning; tiny-sd has none" },
+        { "generate|--model|{files}/refiner|--prompt|a cat|--out|{out}/x.png", "is an SDXL refiner" },
+        { Zero.Replace("{model}", "{sdxl}") + "|--from|red|--to|blue", "p2p zero works with SD 1.x/2.x models so far" },
+        { "instruct|--model|{sdxl}|--image|{photo}|--instruction|make it blue|--out|{out}/i.png", "is not an InstructPix2Pix model" },
         // sweeps
         { EditDog.Replace("edit|", "sweep|") + "|--cross-replace|0.2,abc", "abc" },
     };

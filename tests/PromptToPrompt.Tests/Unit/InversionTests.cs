@@ -13,9 +13,9 @@ public class InversionTests(ConformanceData data, ITestOutputHelper output)
     const double Guidance = 7.5;
     static RgbImage Photo(int size) => ImageInput.Load(ConformanceData.Golden("inversion/images/inv01_red_ball_image_gt.png"), size, size);
 
-    (InversionResult Result, double LatentMse) InvertAndReconstruct(InversionMethod method, int size = 128, int steps = 5)
+    (InversionResult Result, double LatentMse) InvertAndReconstruct(InversionMethod method, StableDiffusionModel model, int size = 128, int steps = 5)
     {
-        var pipeline = new StableDiffusionPipeline(data.Model);
+        var pipeline = new StableDiffusionPipeline(model);
         var photo = Photo(size);
         var result = new Inversion(pipeline).Invert(photo, Prompt, new InversionSettings(method, steps, InnerSteps: 10, GuidanceScale: Guidance));
         var rec = pipeline.Generate(new GenerationRequest
@@ -32,11 +32,15 @@ public class InversionTests(ConformanceData data, ITestOutputHelper output)
         return (result, latentMse);
     }
 
-    [Fact]
-    public void Null_text_reconstructs_better_than_plain_ddim_inversion()
+    /// <summary>On SDXL the null text is the context's unconditional half; its pooled half stays the empty prompt's (zeros for tiny-sdxl).</summary>
+    [Theory]
+    [InlineData("tiny-sd")]
+    [InlineData("tiny-sdxl")]
+    public void Null_text_reconstructs_better_than_plain_ddim_inversion(string name)
     {
-        var (nullText, nullError) = InvertAndReconstruct(InversionMethod.NullText);
-        var (ddim, ddimError) = InvertAndReconstruct(InversionMethod.Ddim);
+        var model = name == "tiny-sdxl" ? data.SdxlModel : data.Model;
+        var (nullText, nullError) = InvertAndReconstruct(InversionMethod.NullText, model);
+        var (ddim, ddimError) = InvertAndReconstruct(InversionMethod.Ddim, model);
         using (nullText) using (ddim)
             Assert.True(nullError < 0.95 * ddimError, $"null-text reconstruction error {nullError:E3} should be clearly below plain DDIM inversion's {ddimError:E3}");
     }
