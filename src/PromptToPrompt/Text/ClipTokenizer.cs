@@ -52,7 +52,8 @@ public sealed class ClipTokenizer
     }
 
     /// <summary>Loads vocab.json, merges.txt and (if present) tokenizer_config.json / special_tokens_map.json.</summary>
-    public static ClipTokenizer Load(string folder, int? maxLength = null)
+    /// <param name="padOverride">The pad token to use whatever the folder says (SDXL's second tokenizer pads with "!").</param>
+    public static ClipTokenizer Load(string folder, int? maxLength = null, string? padOverride = null)
     {
         var vocabPath = Path.Combine(folder, "vocab.json");
         var mergesPath = Path.Combine(folder, "merges.txt");
@@ -90,7 +91,7 @@ public sealed class ClipTokenizer
             eos = Token("eos_token") ?? eos;
             pad = Token("pad_token");
         }
-        return new ClipTokenizer(vocab, merges, length, bos, eos, pad);
+        return new ClipTokenizer(vocab, merges, length, bos, eos, padOverride ?? pad);
     }
 
     /// <summary>The text normalisation CLIPTokenizer applies before splitting:

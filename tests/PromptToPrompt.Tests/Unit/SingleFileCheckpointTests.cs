@@ -129,7 +129,7 @@ public class SingleFileCheckpointTests(ConformanceData data)
         foreach (var module in new TorchSharp.torch.nn.Module[] { folder.UNet, folder.Vae, folder.TextEncoder })
             foreach (var (name, p) in module.named_parameters())
             {
-                var (k, v) = ToOriginal(name, p.detach(), upBlockHasAttention: true);
+                var (k, v) = ToOriginal(name, p.detach(), upHasAttention: b => b > 0);
                 tensors[k] = v;
             }
         SafetensorsFile.Write(path, tensors);
@@ -152,7 +152,8 @@ public class SingleFileCheckpointTests(ConformanceData data)
     }
 
     /// <summary>The inverse of the mapping, written from the original layout's rules (3 input blocks per level, reversed decoder).</summary>
-    static (string Key, Tensor Value) ToOriginal(string key, Tensor value, bool upBlockHasAttention)
+    /// <param name="upHasAttention">Whether up block b (when it has an upsampler) has attention layers, which put the upsampler at part 2.</param>
+    internal static (string Key, Tensor Value) ToOriginal(string key, Tensor value, Func<int, bool> upHasAttention)
     {
         string R(string s) => s.Replace("norm1.", "in_layers.0.").Replace("conv1.", "in_layers.2.").Replace("norm2.", "out_layers.0.")
             .Replace("conv2.", "out_layers.3.").Replace("time_emb_proj.", "emb_layers.1.").Replace("conv_shortcut.", "skip_connection.");
@@ -174,7 +175,8 @@ public class SingleFileCheckpointTests(ConformanceData data)
             }
             return ("first_stage_model." + k, value);
         }
-        var u = key.Replace("time_embedding.linear_1.", "time_embed.0.").Replace("time_embedding.linear_2.", "time_embed.2.");
+        var u = key.Replace("time_embedding.linear_1.", "time_embed.0.").Replace("time_embedding.linear_2.", "time_embed.2.")
+            .Replace("add_embedding.linear_1.", "label_emb.0.0.").Replace("add_embedding.linear_2.", "label_emb.0.2.");
         if (u.StartsWith("conv_in.")) u = "input_blocks.0.0." + u[8..];
         else if (u.StartsWith("conv_norm_out.")) u = "out.0." + u[14..];
         else if (u.StartsWith("conv_out.")) u = "out.2." + u[9..];
@@ -188,7 +190,7 @@ public class SingleFileCheckpointTests(ConformanceData data)
         else if ((m = Regex.Match(u, @"^up_blocks\.(\d)\.upsamplers\.0\.(.*)")).Success)
         {
             int b = int.Parse(m.Groups[1].Value);
-            u = $"output_blocks.{b * 3 + 2}.{(b > 0 && upBlockHasAttention ? 2 : 1)}.{m.Groups[2]}";
+            u = $"output_blocks.{b * 3 + 2}.{(upHasAttention(b) ? 2 : 1)}.{m.Groups[2]}";
         }
         return ("model.diffusion_model." + u, value);
     }
@@ -202,7 +204,7 @@ public class SingleFileCheckpointTests(ConformanceData data)
         foreach (var module in new TorchSharp.torch.nn.Module[] { data.Model.UNet, data.Model.Vae, data.Model.TextEncoder })
             foreach (var (name, p) in module.named_parameters())
             {
-                var (k, v) = ToOriginal(name, p.detach(), upBlockHasAttention: true);
+                var (k, v) = ToOriginal(name, p.detach(), upHasAttention: b => b > 0);
                 tensors[k] = v;
             }
         tensors["model_ema.decay"] = tensor(0.999f); // extra content real checkpoints carry
