@@ -13,7 +13,7 @@ static class BenchmarkCommand
     public static Command Create()
     {
         var model = new Option<string?>("--model", "-m") { Description = "Model folder or checkpoint (or use --architecture)." };
-        var architecture = new Option<string?>("--architecture") { Description = "Full-size random-weight model: sd15 or sd21 (no weights needed)." };
+        var architecture = new Option<string?>("--architecture") { Description = "Full-size random-weight model: sd15, sd21 or sdxl (no weights needed)." };
         var steps = CliSupport.Steps(5);
         var width = CliSupport.Width();
         var height = CliSupport.Height();

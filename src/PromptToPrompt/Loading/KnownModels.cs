@@ -11,15 +11,16 @@ namespace PromptToPrompt.Loading;
 /// </summary>
 public static class KnownModels
 {
-    public static readonly string[] Names = ["sd15", "sd21"];
+    public static readonly string[] Names = ["sd15", "sd21", "sdxl"];
 
     public static SingleFileCheckpoint.Configs Configs(string name)
     {
+        if (name == "sdxl") return SdxlBase();
         bool sd2 = name switch
         {
             "sd15" => false,
             "sd21" => true,
-            _ => throw new UserError($"Unknown architecture '{name}'. Use {string.Join(" or ", Names)}."),
+            _ => throw new UserError($"Unknown architecture '{name}'. Use {string.Join(", ", Names)}."),
         };
         int[] channels = [320, 640, 1280, 1280];
         var unet = new UNetConfig(4, 4, channels, ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
@@ -30,6 +31,20 @@ public static class KnownModels
         var scheduler = new SchedulerConfig(BetaStart: 0.00085, BetaEnd: 0.012, BetaSchedule: "scaled_linear", SkipPrkSteps: true, StepsOffset: 1,
             SetAlphaToOne: false, ClipSample: false, PredictionType: sd2 ? "v_prediction" : "epsilon");
         return new SingleFileCheckpoint.Configs(unet, vae, text, scheduler);
+    }
+
+    /// <summary>stable-diffusion-xl-base-1.0's configs (2.6 B UNet parameters, CLIP-L and OpenCLIP bigG).</summary>
+    static SingleFileCheckpoint.Configs SdxlBase()
+    {
+        var unet = new UNetConfig(4, 4, [320, 640, 1280], ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], 2, [5, 10, 20], 2048, 32, 1e-5, true, 0, 1, 1.0, true, false, 128, false,
+            TransformerLayersPerBlock: [1, 2, 10], AdditionTimeEmbedDim: 256, ProjectionClassEmbeddingsInputDim: 2816);
+        var vae = new VaeConfig(3, 3, 4, [128, 256, 512, 512], 2, 32, 0.13025, 1024);
+        var text = new ClipTextConfig(49408, 768, 3072, 12, 12, 77, 1e-5, "quick_gelu");
+        var text2 = new ClipTextConfig(49408, 1280, 5120, 32, 20, 77, 1e-5, "gelu", 1280);
+        var scheduler = new SchedulerConfig(BetaStart: 0.00085, BetaEnd: 0.012, BetaSchedule: "scaled_linear", SkipPrkSteps: true, StepsOffset: 1,
+            SetAlphaToOne: false, ClipSample: false, TimestepSpacing: "leading", ClassName: "EulerDiscreteScheduler");
+        return new SingleFileCheckpoint.Configs(unet, vae, text, scheduler, text2);
     }
 
     /// <summary>A full-size model with random weights and a byte-level tokenizer (no merges): numbers are meaningless, cost is real.</summary>
@@ -47,18 +62,21 @@ public static class KnownModels
         vocab["<|endoftext|>"] = 513;
         var tokenizer = new ClipTokenizer(vocab, [], c.Text.MaxPositions);
         using var _ = no_grad();
-        nn.Module Place(nn.Module m)
+        nn.Module Place(nn.Module m, ModelPlacement? where = null)
         {
-            m.to(placement.Device, placement.DType);
+            m.to((where ?? placement).Device, (where ?? placement).DType);
             foreach (var (_, p) in m.named_parameters()) p.requires_grad = false;
             m.eval();
             return m;
         }
+        bool xl = c.Text2 is not null;
         return new StableDiffusionModel
         {
             Name = $"{name} (random weights)", Tokenizer = tokenizer,
             TextEncoder = (ClipTextModel)Place(new ClipTextModel(c.Text)), UNet = (UNet2DConditionModel)Place(new UNet2DConditionModel(c.UNet)),
-            Vae = (AutoencoderKL)Place(new AutoencoderKL(c.Vae)), Scheduler = c.Scheduler, Placement = placement,
+            Vae = (AutoencoderKL)Place(new AutoencoderKL(c.Vae), StableDiffusionModel.VaePlacement(placement, c.Vae, xl)), Scheduler = c.Scheduler, Placement = placement,
+            Tokenizer2 = xl ? new ClipTokenizer(vocab, [], c.Text2!.MaxPositions, pad: "!") : null,
+            TextEncoder2 = xl ? (ClipTextModel)Place(new ClipTextModel(c.Text2!)) : null, ForceZerosForEmptyPrompt = xl,
         };
     }
 }
