@@ -54,24 +54,27 @@ public sealed record GenerationRequest
 /// </summary>
 public sealed record SizeConditioning((int Height, int Width)? OriginalSize = null, (int Top, int Left)? CropTopLeft = null, (int Height, int Width)? TargetSize = null)
 {
-    /// <summary>The time ids [1, 6] for an image of <paramref name="width"/> x <paramref name="height"/>; refuses sizes that are not positive.</summary>
-    public Tensor TimeIds(int width, int height)
+    /// <summary>The three settings for an image of <paramref name="width"/> x <paramref name="height"/>, defaults filled in; refuses sizes that are not positive.</summary>
+    public ((int Height, int Width) Original, (int Top, int Left) Crop, (int Height, int Width) Target) Resolve(int width, int height)
     {
-        var original = OriginalSize ?? (height, width);
-        var target = TargetSize ?? (height, width);
-        var crop = CropTopLeft ?? (0, 0);
+        var (original, crop, target) = (OriginalSize ?? (height, width), CropTopLeft ?? (0, 0), TargetSize ?? (height, width));
         foreach (var (name, (h, w)) in new[] { ("original size", original), ("target size", target) })
             if (h <= 0 || w <= 0) throw new UserError($"The {name} must be a positive height,width; got {h},{w}.");
         if (crop.Top < 0 || crop.Left < 0) throw new UserError($"The crop coordinates must be a top,left of at least 0; got {crop.Top},{crop.Left}.");
+        return (original, crop, target);
+    }
+
+    /// <summary>The time ids [1, 6] (<see cref="TextTimeConditioning.TimeIdsOf"/>) for an image of <paramref name="width"/> x <paramref name="height"/>.</summary>
+    public Tensor TimeIds(int width, int height)
+    {
+        var (original, crop, target) = Resolve(width, height);
         return TextTimeConditioning.TimeIdsOf(original, crop, target);
     }
 
-    /// <summary>Readable form for the PNG summary: <c>original 1024x1024, crop 0,0, target 1024x1024</c>.</summary>
+    /// <summary>Readable form for the PNG summary and the cache key: <c>original 1024x1024, crop 0,0, target 1024x1024</c>.</summary>
     public string Describe(int width, int height)
     {
-        var o = OriginalSize ?? (height, width);
-        var c = CropTopLeft ?? (0, 0);
-        var t = TargetSize ?? (height, width);
+        var (o, c, t) = Resolve(width, height);
         return $"original {o.Height}x{o.Width}, crop {c.Top},{c.Left}, target {t.Height}x{t.Width}";
     }
 }
@@ -365,11 +368,12 @@ public sealed class StableDiffusionPipeline(StableDiffusionModel model, Action<s
         foreach (var (key, value) in GuidanceRecord(r.Excite, r.Boxes)) record[key] = value;
         if (model.IsXL)
         {
-            var ids = (r.SizeConditioning ?? new()).TimeIds(width, height).data<float>().Select(v => (int)v).ToArray();
-            record["original_size"] = ids[0..2];
-            record["crops_coords_top_left"] = ids[2..4];
-            record["target_size"] = ids[4..6];
-            summary += $", SDXL {(r.SizeConditioning ?? new()).Describe(width, height)}";
+            var sizes = r.SizeConditioning ?? new();
+            var (o, c, t) = sizes.Resolve(width, height);
+            record["original_size"] = new[] { o.Height, o.Width };
+            record["crops_coords_top_left"] = new[] { c.Top, c.Left };
+            record["target_size"] = new[] { t.Height, t.Width };
+            summary += $", SDXL {sizes.Describe(width, height)}";
         }
         var json = JsonSerializer.Serialize(record);
         return new Dictionary<string, string> { ["parameters"] = summary + GuidanceSummary(r.Excite, r.Boxes), ["prompt-to-prompt"] = json };
