@@ -160,6 +160,30 @@ public class EditCliTests
     }
 }
 
+/// <summary>SDXL through the command line: a word swap with local blending reproduces the reference (golden/sdxl p04).</summary>
+public class SdxlCliTests
+{
+    [Fact]
+    public void Edit_reproduces_the_sdxl_local_blend_word_swap_and_records_the_micro_conditioning()
+    {
+        using var dir = new TempDir();
+        using var golden = new SafetensorsFile(ConformanceData.Golden("sdxl/p04_replace_localblend_horse_cow.safetensors"));
+        SafetensorsFile.Write(dir.File("x_T.safetensors"), new Dictionary<string, TorchSharp.torch.Tensor> { ["latent"] = golden.Read("x_T") });
+        // The stated micro-conditioning is diffusers' default for 1024x1024, so the result stays the reference's.
+        var (code, _, stderr) = CliTests.RunP2P("edit", "--model", ConformanceData.SdxlPath, "--prompt", "a horse in a meadow", "--target", "a cow in a meadow",
+            "--blend", "horse;cow", "--blend-threshold", "0.7", "--steps", "10", "--scheduler", "euler", "--latent", dir.File("x_T.safetensors"),
+            "--original-size", "1024,1024", "--crop-coords", "0,0", "--out", dir.File("out"), "--save-latents", dir.File("z.safetensors"));
+        Assert.True(code == 0, stderr);
+        using var ours = new SafetensorsFile(dir.File("z.safetensors"));
+        using var expected = golden.Read("latents_final");
+        using var max = expected.abs().max();
+        TensorAssert.Close(expected, ours.Read("latents"), 2e-4 * max.item<float>(), "p04 through p2p edit");
+        var meta = Png.ReadText(Path.Combine(dir.File("out"), "prompt_1.png"));
+        Assert.Contains("\"original_size\":[1024,1024],\"crops_coords_top_left\":[0,0]", meta["prompt-to-prompt"]);
+        Assert.Contains("SDXL original 1024x1024, crop 0,0, target 1024x1024", meta["parameters"]);
+    }
+}
+
 /// <summary><c>p2p invert</c> and editing from an inversion, as a user runs them.</summary>
 public class InversionCliTests
 {
