@@ -88,12 +88,8 @@ public sealed class LocalBlend
         _counter++;
         if (_variant == ReferenceVariant.NullText && _counter <= _startBlend) return latents;
         using var scope = NewDisposeScope();
-        var layers = MaskLayers(store);
-        var (h, w) = store.SizeOf(layers[0]);
-        long n = latents.shape[0];
-        // [N, layers*heads, h, w, L]
-        var maps = cat(layers.Select(l => store.Sum(l).reshape(n, -1, h, w, store.Sum(l).shape[3])).ToArray(), 1);
-        var mask = Mask(maps, _alphaLayers, true, _options.Threshold, latents);
+        var (maps, pooled) = WordMaps(store, latents.shape[0]);
+        var mask = Threshold(pooled, _options.Threshold, latents);
         if (_variant == ReferenceVariant.PromptToPrompt)
             mask = logical_or(mask[..1], mask[1..]);
         else
@@ -101,7 +97,7 @@ public sealed class LocalBlend
             mask = logical_or(mask[..1], mask);
             if (_subtractLayers is not null)
             {
-                var subtract = Mask(maps, _subtractLayers, false, _options.SubtractThreshold, latents);
+                var subtract = Threshold(WordMap(maps, _subtractLayers, pool: false), _options.SubtractThreshold, latents);
                 mask = logical_and(mask, logical_not(logical_or(subtract[..1], subtract)));
             }
         }
@@ -110,12 +106,38 @@ public sealed class LocalBlend
         return (source + m * (latents - source)).MoveToOuterDisposeScope();
     }
 
-    static Tensor Mask(Tensor maps, Tensor wordLayers, bool pool, double threshold, Tensor latents)
+    /// <summary>
+    /// What the mask is made of at this point of a run, for the latents <paramref name="latents"/>: the max-pooled map
+    /// of each prompt's blend words [N, 1, h, w] and the thresholded mask at the latent size [N, 1, H, W] (before the
+    /// rows are combined).
+    /// </summary>
+    public (Tensor Pooled, Tensor Mask) Masks(AttentionStore store, Tensor latents)
     {
-        // (maps * alpha).sum(-1).mean(1): [N, 1, h, w]
+        using var scope = NewDisposeScope();
+        var (_, pooled) = WordMaps(store, latents.shape[0]);
+        return (pooled.MoveToOuterDisposeScope(), Threshold(pooled, _options.Threshold, latents).MoveToOuterDisposeScope());
+    }
+
+    /// <summary>The stored maps of <see cref="MaskLayers"/> [N, layers*heads, h, w, L] and the blend words' pooled map.</summary>
+    (Tensor Maps, Tensor Pooled) WordMaps(AttentionStore store, long n)
+    {
+        var layers = MaskLayers(store);
+        var (h, w) = store.SizeOf(layers[0]);
+        var maps = cat(layers.Select(l => store.Sum(l).reshape(n, -1, h, w, store.Sum(l).shape[3])).ToArray(), 1);
+        return (maps, WordMap(maps, _alphaLayers, pool: true));
+    }
+
+    /// <summary><c>(maps * alpha).sum(-1).mean(1)</c>, [N, 1, h, w], max-pooled 3x3 when <paramref name="pool"/>.</summary>
+    static Tensor WordMap(Tensor maps, Tensor wordLayers, bool pool)
+    {
         var m = (maps * wordLayers.to(maps.device).unsqueeze(1)).sum(-1).mean([1], keepdim: true);
-        if (pool) m = F.max_pool2d(m, [3, 3], [1, 1], [1, 1]);
-        m = F.interpolate(m, [latents.shape[2], latents.shape[3]], mode: InterpolationMode.Nearest);
+        return pool ? F.max_pool2d(m, [3, 3], [1, 1], [1, 1]) : m;
+    }
+
+    /// <summary>Resized to the latent (nearest), normalised by its maximum, thresholded.</summary>
+    static Tensor Threshold(Tensor map, double threshold, Tensor latents)
+    {
+        var m = F.interpolate(map, [latents.shape[2], latents.shape[3]], mode: InterpolationMode.Nearest);
         m = m / m.amax([2, 3], keepdim: true);
         return m.gt(threshold);
     }
