@@ -19,10 +19,11 @@ static class BenchmarkCommand
         var height = CliSupport.Height();
         var repeat = new Option<int>("--repeat") { Description = "Runs of the batched and the cached word swap (alternating; the ratio uses the fastest of each).", DefaultValueFactory = _ => 1 };
         var inversion = new Option<bool>("--inversion") { Description = "Also time null-text inversion (one step of inner iterations) and direct inversion." };
+        var skip = new Option<string?>("--skip") { Description = "Stages to leave out, comma-separated: excite, directed (e.g. when a backward pass at full size does not fit in memory)." };
         var modelOptions = CliSupport.ModelOptions.Create();
         var command = new Command("benchmark", "Measure time and peak memory of generation, editing, decoding and inversion.")
         {
-            model, architecture, steps, width, height, repeat, inversion,
+            model, architecture, steps, width, height, repeat, inversion, skip,
         };
         foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
@@ -31,6 +32,9 @@ static class BenchmarkCommand
             var (arch, path) = (r.GetValue(architecture), r.GetValue(model));
             if ((arch is null) == (path is null)) throw new UserError("Give exactly one of --model and --architecture.");
             if (r.GetValue(repeat) < 1) throw new UserError($"--repeat must be at least 1; got {r.GetValue(repeat)}.");
+            var skipped = (r.GetValue(skip) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToHashSet();
+            if (skipped.FirstOrDefault(x => x is not ("excite" or "directed")) is { } unknown)
+                throw new UserError($"--skip {unknown}: the stages that can be left out are excite and directed.");
             using var sd = arch is not null
                 ? KnownModels.Random(arch, ModelPlacement.Parse(r.GetValue(modelOptions.Device)!, r.GetValue(modelOptions.DType)!))
                 : modelOptions.Load(r, path!);
@@ -56,11 +60,13 @@ static class BenchmarkCommand
                 TokenIndices = AttendAndExcite.SubjectTokens(sd.Tokenizer, "a cat riding a bicycle", ["cat", "bicycle"]), MaxIterToAlter = n,
                 Thresholds = new Dictionary<int, double>(),
             };
-            Measure("generation + Attend-and-Excite", n, () => Denoise(pipeline, Request("a cat riding a bicycle"), null, excite).Dispose());
+            if (!skipped.Contains("excite"))
+                Measure("generation + Attend-and-Excite", n, () => Denoise(pipeline, Request("a cat riding a bicycle"), null, excite).Dispose());
             // Directed Diffusion editing every step's cross-attention (materialised probabilities in every cross-attention layer).
             var box = new DirectedSettings { Regions = [DirectedRegion.ForWord(sd.Tokenizer, "a cat riding a bicycle", "cat", new Box(0, 0.5, 0, 1))], Steps = n };
-            using (var directed = DirectedDiffusion.For(sd.Tokenizer, "a cat riding a bicycle", box))
-                Measure("generation + Directed Diffusion", n, () => Denoise(pipeline, Request("a cat riding a bicycle"), directed).Dispose());
+            if (!skipped.Contains("directed"))
+                using (var directed = DirectedDiffusion.For(sd.Tokenizer, "a cat riding a bicycle", box))
+                    Measure("generation + Directed Diffusion", n, () => Denoise(pipeline, Request("a cat riding a bicycle"), directed).Dispose());
             AttentionReplace Swap(string target) => new(sd.Tokenizer, ["a cat riding a bicycle", target], n, new EditSchedule(0.8, StepWindow.Until(0.4)));
             // The source cache: record the source once, then edit with the targets alone (EditSession does this). The
             // batched and the cached word swap alternate --repeat times; the ratio takes the fastest run of each.
