@@ -200,18 +200,18 @@ static class CliSupport
     public static void Warn(string message) => Console.Error.WriteLine(message);
 
     /// <summary>
-    /// The model shipped with the project (models/shapes in the repository, copied beside p2p.dll by the build), found
-    /// from the executable's folder upwards or through P2P_DEFAULT_MODEL.
+    /// A model shipped with the project (models/NAME in the repository, copied beside p2p.dll by the build), found from
+    /// the executable's folder upwards; the shapes model also through P2P_DEFAULT_MODEL.
     /// </summary>
-    public static string DefaultModel()
+    public static string DefaultModel(string name = "shapes")
     {
-        if (Environment.GetEnvironmentVariable("P2P_DEFAULT_MODEL") is { Length: > 0 } env) return env;
+        if (name == "shapes" && Environment.GetEnvironmentVariable("P2P_DEFAULT_MODEL") is { Length: > 0 } env) return env;
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
         {
-            var candidate = Path.Combine(dir.FullName, "models", "shapes");
+            var candidate = Path.Combine(dir.FullName, "models", name);
             if (File.Exists(Path.Combine(candidate, "model_index.json"))) return candidate;
         }
-        throw new UserError("No --model given and the shipped shapes model (models/shapes) was not found. Pass --model DIR|FILE.");
+        throw new UserError($"No --model given and the shipped model models/{name} was not found. Pass --model DIR|FILE.");
     }
 
     /// <summary>Reads the tensor <c>latent</c> from a safetensors file.</summary>

@@ -12,7 +12,7 @@ static class InstructCommand
     public static Command Create()
     {
         var model = CliSupport.Model();
-        model.Description = "An InstructPix2Pix model: diffusers folder (UNet in_channels 8, e.g. timbrooks/instruct-pix2pix) or single-file .safetensors.";
+        model.Description = "An InstructPix2Pix model: diffusers folder (UNet in_channels 8, e.g. timbrooks/instruct-pix2pix) or single-file .safetensors (default: the shipped models/shapes-instruct).";
         var image = new Option<string>("--image", "-i") { Description = "Photo to edit (PNG or JPEG).", Required = true };
         var instruction = new Option<string>("--instruction") { Description = "What to change, e.g. \"make the circle blue\".", Required = true };
         var guidance = new Option<string>("--guidance") { Description = "Text guidance s_T; a list (5,7.5,10) makes a grid.", DefaultValueFactory = _ => "7.5" };
@@ -52,12 +52,9 @@ static class InstructCommand
             };
             foreach (var (si, st) in imageScales.SelectMany(si => textScales.Select(st => (si, st))))
                 InstructPix2PixPipeline.Validate(request with { ImageGuidanceScale = si, GuidanceScale = st });
-            if (r.GetValue(model) is null)
-                throw new UserError("p2p instruct needs an InstructPix2Pix model: pass --model with a diffusers folder (e.g. a download of timbrooks/instruct-pix2pix) " +
-                                    "or a single-file .safetensors checkpoint. (The shipped shapes model edits by prompt: use p2p edit with it.)");
             long seedValue = r.GetValue(seed) ?? Random.Shared.NextInt64(0, 1L << 32);
             Console.Error.WriteLine($"seed {seedValue}");
-            using var sd = modelOptions.Load(r, r.GetValue(model));
+            using var sd = modelOptions.Load(r, r.GetValue(model) ?? CliSupport.DefaultModel("shapes-instruct"));
             var pipeline = new InstructPix2PixPipeline(sd, CliSupport.Warn);
             request = request with { Image = pipeline.PrepareImage(photo, r.GetValue(width), r.GetValue(height), fitMode), Seed = seedValue };
             if (request.Image.Width != photo.Width || request.Image.Height != photo.Height)

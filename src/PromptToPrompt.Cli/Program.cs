@@ -14,7 +14,9 @@ var root = new RootCommand("p2p: Prompt-to-Prompt image editing with Stable Diff
     ServeCommand.Create(),
     BenchmarkCommand.Create(),
     TrainShapesCommand.Create(),
+    TrainInstructCommand.Create(),
     EvalShapesCommand.Create(),
+    EvalInstructCommand.Create(),
 };
 var progress = new Option<ProgressMode>("--progress")
 {

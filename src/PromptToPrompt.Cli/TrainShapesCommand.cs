@@ -44,20 +44,28 @@ static class TrainShapesCommand
                 AttentionLossWeight: r.GetValue(attentionLoss), VaeCrop: r.GetValue(vaeCrop), LatentReuse: r.GetValue(latentReuse),
                 VariedCaptions: r.GetValue(varied));
             var trainer = new ShapesTrainer(options, CliSupport.Warn);
-            for (int failures = 0; ; failures++)
-                try
-                {
-                    trainer.Run(new TrainingProgressLine(), CliSupport.Cancellation);
-                    return 0;
-                }
-                catch (ExternalException e) when (failures < 3)
-                {
-                    // A libtorch error that a rerun does not repeat (TorchSharp finalising an implicit scalar during the call
-                    // that uses it, dotnet/TorchSharp#1434; CollectionPause now prevents it within a step): resume from the last checkpoint.
-                    CliSupport.Warn($"libtorch failed ({e.Message.Split('\n')[0]}); resuming from the last checkpoint.");
-                }
+            return RunResumable(trainer.Run);
         }));
         return command;
+    }
+
+    /// <summary>
+    /// Runs a trainer with the progress line; a libtorch error that a rerun does not repeat (TorchSharp finalising an
+    /// implicit scalar during the call that uses it, dotnet/TorchSharp#1434; CollectionPause now prevents it within a
+    /// step) resumes from the last checkpoint, up to three times.
+    /// </summary>
+    internal static int RunResumable(Action<IProgress<TrainingProgress>, CancellationToken> run)
+    {
+        for (int failures = 0; ; failures++)
+            try
+            {
+                run(new TrainingProgressLine(), CliSupport.Cancellation);
+                return 0;
+            }
+            catch (ExternalException e) when (failures < 3)
+            {
+                CliSupport.Warn($"libtorch failed ({e.Message.Split('\n')[0]}); resuming from the last checkpoint.");
+            }
     }
 
     /// <summary>One line every two seconds: phase, step, loss, elapsed time and the phase's remaining time.</summary>

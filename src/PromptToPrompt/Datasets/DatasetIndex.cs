@@ -14,6 +14,9 @@ public sealed record DatasetReport(int Records, int Committed, int Pairs, IReadO
         (Missing.Count > 0 ? $": {string.Join(", ", Missing.Take(10))}{(Missing.Count > 10 ? ", ..." : "")}" : "");
 }
 
+/// <summary>One training pair of an instruction model: the input image, the instruction, the edited image.</summary>
+public sealed record InstructionPair(Imaging.RgbImage Input, string Instruction, Imaging.RgbImage Edited);
+
 /// <summary><c>p2p dataset merge</c> and <c>status</c>: the index files the authors' training code reads, and a report.</summary>
 public static class DatasetIndex
 {
@@ -119,6 +122,61 @@ public static class DatasetIndex
                 Parquet.Serialization.ParquetSerializer.SerializeAsync(chunk, s, null, new Dictionary<string, string> { ["huggingface"] = Features }).GetAwaiter().GetResult());
         }
         foreach (var stale in Directory.GetFiles(data, "train-*.parquet").Where(f => !names.Contains(Path.GetFileName(f)))) File.Delete(stale);
+    }
+
+    /// <summary>
+    /// The pairs of a dataset in either output form: the record folders (<c>{index:07d}/prompt.json</c> and
+    /// <c>{seed}_0.jpg</c> / <c>{seed}_1.jpg</c>) when there are any, else the Parquet shards <c>data/train-*.parquet</c>
+    /// (as the Hub dataset's columns). Records and seeds in the order <see cref="Merge"/> lists them.
+    /// </summary>
+    public static List<InstructionPair> ReadPairs(string dir)
+    {
+        if (!Directory.Exists(dir)) throw new UserError($"Dataset folder not found: {dir}. Make one with p2p dataset generate --out {dir}.");
+        var pairs = new List<InstructionPair>();
+        foreach (var folder in RecordFolders(dir))
+        {
+            var promptPath = Path.Combine(dir, folder, "prompt.json");
+            if (!File.Exists(promptPath)) continue;
+            string instruction;
+            try
+            {
+                instruction = JsonNode.Parse(File.ReadAllText(promptPath))?["edit"]?.GetValue<string>() ?? throw new JsonException("no \"edit\" field");
+            }
+            catch (Exception e) when (e is JsonException or InvalidOperationException)
+            {
+                throw new UserError($"{promptPath} is not a triplet record ({e.Message}); the folder was not written by p2p dataset generate.");
+            }
+            foreach (var seed in Seeds(dir, folder))
+                pairs.Add(new InstructionPair(Image(Path.Combine(dir, folder, $"{seed}_0.jpg")), instruction, Image(Path.Combine(dir, folder, $"{seed}_1.jpg"))));
+        }
+        if (pairs.Count > 0) return pairs;
+        var data = Path.Combine(dir, "data");
+        var shards = Directory.Exists(data) ? Directory.GetFiles(data, "train-*.parquet").Order(StringComparer.Ordinal).ToList() : [];
+        foreach (var shard in shards)
+        {
+            IList<PairRow> rows;
+            try
+            {
+                using var stream = File.OpenRead(shard);
+                rows = Parquet.Serialization.ParquetSerializer.DeserializeAsync<PairRow>(stream).GetAwaiter().GetResult().Data;
+            }
+            catch (Exception e) when (e is IOException or InvalidDataException or InvalidOperationException or NotSupportedException or Parquet.ParquetException)
+            {
+                throw new UserError($"{shard} is not a readable Parquet shard of pairs ({e.Message.Split('\n')[0]}). Rewrite it with p2p dataset merge --out {dir}.");
+            }
+            foreach (var row in rows)
+                pairs.Add(new InstructionPair(Decode(row.OriginalImage, shard), row.EditPrompt, Decode(row.EditedImage, shard)));
+        }
+        if (pairs.Count == 0)
+            throw new UserError($"{dir} holds no pairs (no record folders with pairs, no data/train-*.parquet). Make them with p2p dataset generate --out {dir}.");
+        return pairs;
+
+        static Imaging.RgbImage Image(string path) => Imaging.RgbImage.Load(path);
+        static Imaging.RgbImage Decode(ImageCell cell, string shard)
+        {
+            using var bytes = new MemoryStream(cell.Bytes);
+            return Imaging.RgbImage.Decode(bytes, $"{shard}: {cell.Path ?? "an image"}");
+        }
     }
 
     static IEnumerable<string> RecordFolders(string dir) =>

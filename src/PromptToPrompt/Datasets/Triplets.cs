@@ -89,6 +89,27 @@ public static class ShapeTriplets
         for (int k = 0; k < count; k++)
             objects.Add((Pick(shapes, s => objects.All(o => o.Shape != s)), Pick(colours, c => c != bg), rng.NextDouble() < 0.5 ? "large" : "small"));
         var kind = Pick(Kinds, k => k != "remove" || objects.Count > 1);
+        var (instruction, edited, newBg, newStriped) = Apply(kind, objects, bg, striped, rng);
+        return TripletFile.ToJson(Scenes.Caption(objects, bg, striped), instruction, Scenes.Caption(edited, newBg, newStriped));
+    }
+
+    /// <summary>
+    /// An instruction of <paramref name="kind"/> for a scene of <paramref name="objects"/> on <paramref name="background"/>
+    /// (one object chosen by <paramref name="rng"/>, and the new colour, shape, background or object drawn from it), and
+    /// the scene it asks for. <c>remove</c> needs two objects or more.
+    /// </summary>
+    public static (string Instruction, List<(string Shape, string Colour, string SizeWord)> Objects, string Background, bool Striped) Apply(
+        string kind, IReadOnlyList<(string Shape, string Colour, string SizeWord)> objects, string background, bool striped, Random rng)
+    {
+        T Pick<T>(IReadOnlyList<T> items, Func<T, bool>? allowed = null)
+        {
+            var options = items.Where(x => allowed?.Invoke(x) ?? true).ToList();
+            return options[rng.Next(options.Count)];
+        }
+        if (kind == "remove" && objects.Count < 2) throw new ArgumentException("removing an object needs a scene of two objects or more");
+        var colours = Scenes.Colours.Keys.ToArray();
+        var shapes = Scenes.Shapes;
+        var bg = background;
         int target = rng.Next(objects.Count);
         var o = objects[target];
         var edited = objects.ToList();
@@ -124,12 +145,14 @@ public static class ShapeTriplets
                 edited.Add(added);
                 instruction = $"add a {added.Item3} {added.Item2} {added.Item1}";
                 break;
-            default: // remove
+            case "remove":
                 edited.RemoveAt(target);
                 instruction = $"remove the {o.Shape}";
                 break;
+            default:
+                throw new ArgumentException($"unknown instruction kind {kind}");
         }
-        return TripletFile.ToJson(Scenes.Caption(objects, bg, striped), instruction, Scenes.Caption(edited, newBg, newStriped));
+        return (instruction, edited, newBg, newStriped);
     }
 
     /// <summary>Writes <paramref name="count"/> triplets as JSONL (atomically).</summary>

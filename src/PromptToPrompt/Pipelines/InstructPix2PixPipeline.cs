@@ -55,6 +55,8 @@ public sealed class InstructPix2PixPipeline
         _text = new StableDiffusionPipeline(model, log);
     }
 
+    public StableDiffusionModel Model => _model;
+
     Device Device => _model.Placement.Device;
     ScalarType DType => _model.Placement.DType;
 

@@ -69,12 +69,13 @@ public static class ModelFolderWriter
     }
 
     /// <summary>Writes model_index.json and every component's config and weights (fp16 weights are written as the fp16 variant).</summary>
-    public static void Save(string folder, ClipTextModel text, UNet2DConditionModel unet, AutoencoderKL vae, SchedulerConfig scheduler, ScalarType dtype)
+    public static void Save(string folder, ClipTextModel text, UNet2DConditionModel unet, AutoencoderKL vae, SchedulerConfig scheduler, ScalarType dtype,
+                            string pipelineClass = "StableDiffusionPipeline")
     {
         string variant = dtype == ScalarType.Float16 ? ".fp16" : "";
         WriteJson(Path.Combine(folder, "model_index.json"), new JsonObject
         {
-            ["_class_name"] = "StableDiffusionPipeline", ["_diffusers_version"] = "0.3.0",
+            ["_class_name"] = pipelineClass, ["_diffusers_version"] = "0.3.0",
             ["scheduler"] = new JsonArray("diffusers", scheduler.ClassName), ["text_encoder"] = new JsonArray("transformers", "CLIPTextModel"),
             ["tokenizer"] = new JsonArray("transformers", "CLIPTokenizer"), ["unet"] = new JsonArray("diffusers", "UNet2DConditionModel"),
             ["vae"] = new JsonArray("diffusers", "AutoencoderKL"),
@@ -86,5 +87,16 @@ public static class ModelFolderWriter
         WriteJson(Path.Combine(folder, "vae", "config.json"), VaeJson(vae.Config));
         SaveWeights(Path.Combine(folder, "vae", $"diffusion_pytorch_model{variant}.safetensors"), vae, dtype);
         WriteJson(Path.Combine(folder, "scheduler", "scheduler_config.json"), SchedulerJson(scheduler));
+    }
+
+    /// <summary>Copies a tokenizer folder's files (vocab, merges, configs) into <paramref name="to"/>.</summary>
+    public static void CopyTokenizer(string from, string to)
+    {
+        Directory.CreateDirectory(to);
+        foreach (var file in Directory.GetFiles(from))
+        {
+            var bytes = File.ReadAllBytes(file);
+            AtomicFile.Write(Path.Combine(to, Path.GetFileName(file)), s => s.Write(bytes));
+        }
     }
 }

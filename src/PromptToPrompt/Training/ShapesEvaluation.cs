@@ -307,7 +307,7 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
     }
 
     /// <summary>The palette colour nearest to the mean colour of the pixels in <paramref name="mask"/>.</summary>
-    static string MaskColour(RgbImage image, bool[] mask)
+    public static string MaskColour(RgbImage image, bool[] mask)
     {
         double r = 0, g = 0, b = 0;
         int n = 0;

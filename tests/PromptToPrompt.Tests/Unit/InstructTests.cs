@@ -124,7 +124,7 @@ public class InstructTests(ConformanceData data)
         string[] Run(params string[] extra) => ["instruct", "--image", dir.File("photo.png"), "--instruction", "make it blue", "--out", dir.File("x.png"), .. extra];
         foreach (var (args, message) in new[]
         {
-            (Run(), "p2p instruct needs an InstructPix2Pix model: pass --model"),
+            (Run("--model", ShippedModelTests.Folder), "shapes is not an InstructPix2Pix model (its UNet takes 4 input channels"),
             (Run("--model", ConformanceData.ModelPath), "tiny-sd is not an InstructPix2Pix model"),
             (Run("--model", ConformanceData.Ip2pPath, "--guidance", "5,high"), "--guidance 5,high: 'high' is not a finite number."),
             (Run("--model", ConformanceData.Ip2pPath, "--image-guidance", "-1"), "The image guidance scale must be a finite number of at least 0"),

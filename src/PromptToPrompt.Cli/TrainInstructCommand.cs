@@ -1,0 +1,32 @@
+using System.CommandLine;
+using PromptToPrompt.Training;
+
+namespace PromptToPrompt.Cli;
+
+/// <summary><c>p2p train-instruct</c>: train an InstructPix2Pix model on a dataset made by <c>p2p dataset generate</c>.</summary>
+static class TrainInstructCommand
+{
+    public static Command Create()
+    {
+        var defaults = new InstructTrainingOptions("", "", "");
+        var data = new Option<string>("--data") { Description = "Dataset folder written by p2p dataset generate (record folders or data/*.parquet).", Required = true };
+        var output = new Option<string>("--out", "-o") { Description = "Output model folder (also holds the checkpoint; rerun to resume).", Required = true };
+        var init = new Option<string?>("--init") { Description = "Text-to-image diffusers folder to start from (default: the shipped shapes model)." };
+        var minutes = new Option<double?>("--minutes") { Description = "Stop (at a checkpoint) after this much wall time; run again to resume." };
+        var seed = new Option<long>("--seed") { Description = "Seed of the batches, noise and dropout.", DefaultValueFactory = _ => 0 };
+        var steps = new Option<int>("--steps") { Description = "Training steps (rerun with more to train a finished model further).", DefaultValueFactory = _ => defaults.Steps };
+        var batch = new Option<int>("--batch") { Description = "Pairs per step.", DefaultValueFactory = _ => defaults.Batch };
+        var rate = new Option<double>("--learning-rate") { Description = "AdamW learning rate (constant).", DefaultValueFactory = _ => defaults.LearningRate };
+        var command = new Command("train-instruct", "Train an InstructPix2Pix model from a text-to-image model and a p2p dataset (saved as a diffusers folder).")
+        {
+            data, output, init, minutes, seed, steps, batch, rate,
+        };
+        command.SetAction(r => CliSupport.Run(() =>
+        {
+            var options = new InstructTrainingOptions(r.GetValue(data)!, r.GetValue(output)!, r.GetValue(init) ?? CliSupport.DefaultModel(), r.GetValue(seed),
+                r.GetValue(steps), r.GetValue(batch), r.GetValue(minutes), r.GetValue(rate));
+            return TrainShapesCommand.RunResumable(new InstructTrainer(options, CliSupport.Warn).Run);
+        }));
+        return command;
+    }
+}

@@ -1,0 +1,217 @@
+using System.Diagnostics;
+using System.Text.Json;
+using PromptToPrompt.Datasets;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Models;
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace PromptToPrompt.Training;
+
+/// <summary>
+/// Settings of <c>p2p train-instruct</c>. As for <see cref="ShapesTrainingOptions"/>, the schedule is in steps (the same
+/// seed, data and steps give the same model) and <see cref="Minutes"/> only caps wall time.
+/// </summary>
+public sealed record InstructTrainingOptions(
+    string DataDir, string OutDir, string InitModel, long Seed = 0, int Steps = 4000, int Batch = 32, double? Minutes = null,
+    double LearningRate = 2e-4, double ConditioningDropout = 0.05, int CheckpointEverySteps = 500)
+{
+    public void Validate()
+    {
+        static void Check(bool ok, string message) { if (!ok) throw new UserError(message); }
+        Check(Steps >= 0, $"--steps must be 0 or more; got {Steps}.");
+        Check(Batch >= 1 && CheckpointEverySteps >= 1, "the batch size and the checkpoint interval must be at least 1.");
+        Check(Minutes is null or >= 0 && (Minutes is null || double.IsFinite(Minutes.Value)), "--minutes must be a finite number of 0 or more.");
+        Check(double.IsFinite(LearningRate) && LearningRate > 0, $"--learning-rate must be a positive number; got {LearningRate}.");
+        Check(ConditioningDropout is >= 0 and <= 1.0 / 3, "the conditioning dropout must be between 0 and 1/3 (it is applied three times: text, image, both).");
+    }
+}
+
+/// <summary>
+/// Trains an InstructPix2Pix model from a text-to-image one (Brooks et al. 2023, as diffusers'
+/// <c>train_instruct_pix2pix.py</c>): the UNet's <c>conv_in</c> is widened to take the input image's latent as well (the
+/// new input channels zero, everything else kept, so training starts from the text-to-image model), then the UNet learns
+/// to predict the noise of the edited image's latent from the noisy latent concatenated with the input image's latent
+/// (its VAE posterior mean, unscaled, as <see cref="Pipelines.InstructPix2PixPipeline"/> encodes it) and the instruction.
+/// Conditioning dropout as the paper's: of every batch, on average <c>p</c> has no text, <c>p</c> no image and <c>p</c>
+/// neither (p = 5%), so both guidance scales work. Unlike the paper, the text encoder is trained too: the shipped
+/// model's encoder never saw an instruction verb. The VAE stays frozen; every pair is encoded once.
+/// </summary>
+public sealed class InstructTrainer(InstructTrainingOptions options, Action<string>? log = null)
+{
+    string Checkpoint(string name) => Path.Combine(options.OutDir, "checkpoint", name);
+
+    /// <summary>What a checkpoint was trained on; a resume with other data or another start is refused.</summary>
+    sealed record State(int Step, double ElapsedSeconds, int Pairs, string Init, long Seed, int Batch);
+
+    /// <summary>
+    /// A copy of <paramref name="unet"/> whose <c>conv_in</c> takes <paramref name="extraChannels"/> more input channels:
+    /// their weights zero, the rest and the bias kept, so the widened model ignores the new channels until trained.
+    /// </summary>
+    public static UNet2DConditionModel Widen(UNet2DConditionModel unet, int extraChannels)
+    {
+        var widened = new UNet2DConditionModel(unet.Config with { InChannels = unet.Config.InChannels + extraChannels });
+        var source = unet.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var first = source.Values.First();
+        widened.to(first.device, first.dtype);
+        using (no_grad())
+            foreach (var (name, target) in widened.named_parameters())
+            {
+                var value = source[name];
+                if (value.shape.SequenceEqual(target.shape)) target.copy_(value);
+                else if (name == "conv_in.weight")
+                {
+                    target.zero_();
+                    target.narrow(1, 0, value.shape[1]).copy_(value);
+                }
+                else throw new InvalidOperationException($"widening conv_in changed {name}");
+            }
+        return widened;
+    }
+
+    /// <summary>
+    /// Which conditions a sample drops, from a uniform draw <paramref name="u"/> in [0, 1), as diffusers' training script
+    /// draws it: u &lt; 2p drops the text, p &lt;= u &lt; 3p the image — so [0, p) text only, [p, 2p) both, [2p, 3p) image only.
+    /// </summary>
+    public static (bool Text, bool Image) Dropped(double u, double p) => (u < 2 * p, u >= p && u < 3 * p);
+
+    public void Run(IProgress<TrainingProgress>? progress = null, CancellationToken cancel = default)
+    {
+        options.Validate();
+        if (!Directory.Exists(options.InitModel))
+            throw new UserError($"--init {options.InitModel}: give the diffusers folder of a text-to-image model (such as models/shapes); its tokenizer and VAE are copied into the new model.");
+        if (File.Exists(Path.Combine(options.OutDir, "model_index.json")) && !File.Exists(Checkpoint("state.json")))
+            throw new UserError($"{options.OutDir} already holds a model that this command did not train; give a new --out folder (nothing is overwritten).");
+        set_num_threads(Math.Max(1, Environment.ProcessorCount));
+        var pairs = DatasetIndex.ReadPairs(options.DataDir);
+        using var init = StableDiffusionModel.Load(options.InitModel, new ModelPlacement(CPU, ScalarType.Float32), log);
+        init.RequireTextToImage();
+        var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch);
+        var expected = state with { Pairs = pairs.Count, Init = init.Name, Seed = options.Seed, Batch = options.Batch };
+        if (state != expected)
+            throw new UserError($"{options.OutDir} holds a training run with other settings (pairs {state.Pairs}, init {state.Init}, seed {state.Seed}, batch {state.Batch}; " +
+                                $"now pairs {pairs.Count}, init {init.Name}, seed {options.Seed}, batch {options.Batch}). Use another --out, or delete {Checkpoint("")}.");
+        if (state.Step >= options.Steps && state.Step > 0)
+        {
+            log?.Invoke($"{options.OutDir} is already trained ({state.Step} steps); pass a larger --steps to train it further.");
+            return;
+        }
+        int size = init.DefaultImageSize;
+        var wrong = pairs.FirstOrDefault(p => p.Input.Width != size || p.Input.Height != size || p.Edited.Width != size || p.Edited.Height != size);
+        if (wrong is not null)
+            throw new UserError($"{options.DataDir} holds {wrong.Input.Width}x{wrong.Input.Height} images; {init.Name} is trained at {size}x{size}. " +
+                                "Generate the dataset with the model it trains (p2p dataset generate --model ...).");
+
+        using var unet = Widen(init.UNet, init.LatentChannels);
+        var text = init.TextEncoder;
+        if (state.Step > 0)
+        {
+            foreach (var (module, name) in new (nn.Module, string)[] { (unet, "unet"), (text, "text_encoder") })
+                using (var source = TensorSource.Open(name, Checkpoint($"{name}.safetensors")))
+                    WeightLoader.Load(module, source, CPU, ScalarType.Float32, trainable: true);
+            log?.Invoke($"resuming at step {state.Step}");
+        }
+        var (imageLatents, editLatents) = Encode(init, pairs);
+        using var _1 = imageLatents;
+        using var _2 = editLatents;
+        var tokenizer = init.Tokenizer;
+        var instructionIds = pairs.Select(p => tokenizer.Tokenize(p.Instruction).Ids).ToArray();
+        var emptyIds = tokenizer.Tokenize("").Ids;
+
+        var clock = Stopwatch.StartNew();
+        var budget = options.Minutes is double m ? TimeSpan.FromMinutes(m) : TimeSpan.MaxValue;
+        double elapsedBefore = state.ElapsedSeconds;
+        var scheduler = init.Scheduler with { ClassName = "EulerAncestralDiscreteScheduler" };
+
+        void Save(int step)
+        {
+            Directory.CreateDirectory(Checkpoint(""));
+            ModelFolderWriter.SaveWeights(Checkpoint("unet.safetensors"), unet, ScalarType.Float32);
+            ModelFolderWriter.SaveWeights(Checkpoint("text_encoder.safetensors"), text, ScalarType.Float32);
+            var json = JsonSerializer.Serialize(state with { Step = step, ElapsedSeconds = elapsedBefore + clock.Elapsed.TotalSeconds });
+            AtomicFile.Write(Checkpoint("state.json"), f => f.Write(System.Text.Encoding.UTF8.GetBytes(json)));
+            // The model folder (fp16): an InstructPix2Pix model usable by p2p instruct while training goes on.
+            ModelFolderWriter.Save(options.OutDir, text, unet, init.Vae, scheduler, ScalarType.Float16, "StableDiffusionInstructPix2PixPipeline");
+            ModelFolderWriter.CopyTokenizer(Path.Combine(options.InitModel, "tokenizer"), Path.Combine(options.OutDir, "tokenizer"));
+        }
+
+        unet.train();
+        text.train();
+        var parameters = unet.parameters().Concat(text.parameters()).ToList();
+        foreach (var parameter in parameters) parameter.requires_grad = true;
+        using var optimizer = optim.AdamW(parameters, lr: options.LearningRate, weight_decay: 1e-4);
+        if (state.Step > 0 && File.Exists(Checkpoint("optimizer"))) optimizer.load_state_dict(Checkpoint("optimizer"));
+        var alphas = new Schedulers.NoiseSchedule(init.Scheduler).AlphasCumprod;
+        using var sqrtA = tensor(alphas.Select(a => MathF.Sqrt(a)).ToArray());
+        using var sqrtB = tensor(alphas.Select(a => MathF.Sqrt(1 - a)).ToArray());
+        double p = options.ConditioningDropout;
+        for (int step = state.Step; step < options.Steps; step++)
+        {
+            cancel.ThrowIfCancellationRequested();
+            using var scope = NewDisposeScope();
+            using var pause = CollectionPause.Begin();
+            using var g = new Generator((ulong)(options.Seed * 9_000_011 + step), CPU);
+            var index = randint(0, pairs.Count, [options.Batch], generator: g);
+            var x0 = editLatents.index_select(0, index);
+            var noise = randn(x0.shape, generator: g);
+            var t = randint(0, init.Scheduler.NumTrainTimesteps, [options.Batch], generator: g);
+            var xt = sqrtA[t].reshape(-1, 1, 1, 1) * x0 + sqrtB[t].reshape(-1, 1, 1, 1) * noise;
+            var dropped = rand([options.Batch], generator: g).data<float>().ToArray().Select(u => Dropped(u, p)).ToArray();
+            var indices = index.data<long>().ToArray();
+            var ids = tensor(indices.Select((k, i) => dropped[i].Text ? emptyIds : instructionIds[k]).SelectMany(x => x).ToArray(), [options.Batch, tokenizer.MaxLength]);
+            var keepImage = tensor(dropped.Select(d => d.Image ? 0f : 1f).ToArray()).reshape(-1, 1, 1, 1);
+            var image = imageLatents.index_select(0, index) * keepImage;
+            var predicted = unet.forward(cat([xt, image], 1), t.to(ScalarType.Float32), text.forward(ids));
+            var loss = F.mse_loss(predicted, noise);
+            optimizer.zero_grad();
+            loss.backward();
+            nn.utils.clip_grad_norm_(parameters, 1.0);
+            optimizer.step();
+            progress?.Report(new TrainingProgress("UNet + text encoder", step + 1, options.Steps, loss.item<float>(), clock.Elapsed));
+            if ((step + 1) % options.CheckpointEverySteps == 0 || step + 1 == options.Steps || clock.Elapsed > budget)
+            {
+                Save(step + 1);
+                optimizer.save_state_dict(Checkpoint("optimizer"));
+                if (clock.Elapsed > budget && step + 1 < options.Steps)
+                {
+                    log?.Invoke("time budget reached: stopped at a checkpoint; run again to resume.");
+                    return;
+                }
+            }
+        }
+        if (options.Steps == 0) Save(0);
+        log?.Invoke($"instruction model written to {options.OutDir} ({pairs.Count} pairs, {(elapsedBefore + clock.Elapsed.TotalSeconds) / 60:0.0} min in all)");
+    }
+
+    /// <summary>Input images' latents (posterior mean, unscaled) and edited images' latents (mean x scaling factor), [N, C, h, w].</summary>
+    static (Tensor Image, Tensor Edit) Encode(StableDiffusionModel model, List<InstructionPair> pairs)
+    {
+        using var _ = no_grad();
+        var image = new List<Tensor>();
+        var edit = new List<Tensor>();
+        foreach (var chunk in pairs.Chunk(64))
+            using (var scope = NewDisposeScope())
+            {
+                image.Add(model.Vae.Encode(cat(chunk.Select(p => p.Input.ToTensor()).ToArray(), 0)).Mean.MoveToOuterDisposeScope());
+                edit.Add((model.Vae.Encode(cat(chunk.Select(p => p.Edited.ToTensor()).ToArray(), 0)).Mean * model.Vae.Config.ScalingFactor).MoveToOuterDisposeScope());
+            }
+        var result = (cat(image, 0), cat(edit, 0));
+        foreach (var x in image.Concat(edit)) x.Dispose();
+        return result;
+    }
+
+    State? ReadState()
+    {
+        var path = Checkpoint("state.json");
+        if (!File.Exists(path)) return null;
+        try
+        {
+            return JsonSerializer.Deserialize<State>(File.ReadAllText(path)) ?? throw new JsonException("empty");
+        }
+        catch (JsonException e)
+        {
+            throw new UserError($"The training checkpoint {path} is unreadable ({e.Message}). Delete the folder {Checkpoint("")} to train from the start.");
+        }
+    }
+}

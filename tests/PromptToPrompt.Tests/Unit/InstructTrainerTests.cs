@@ -1,0 +1,145 @@
+using PromptToPrompt.Datasets;
+using PromptToPrompt.Loading;
+using PromptToPrompt.Pipelines;
+using PromptToPrompt.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace PromptToPrompt.Tests.Unit;
+
+/// <summary>
+/// <c>p2p train-instruct</c>: the widened <c>conv_in</c>, the conditioning dropout, resume, both dataset forms, and the
+/// refusals. The datasets are written by <see cref="DatasetGenerator"/> on the shipped model, as <c>p2p dataset generate</c> does.
+/// </summary>
+public class InstructTrainerTests
+{
+    /// <summary>A dataset of <paramref name="records"/> records, one unfiltered pair each (2 DDIM steps).</summary>
+    static void WriteDataset(string dir, int records, int? size = null)
+    {
+        var prompts = Path.Combine(dir, "triplets.jsonl");
+        ShapeTriplets.Write(prompts, records, seed: 4);
+        using var model = StableDiffusionModel.Load(ShippedModelTests.Folder, ModelPlacement.Cpu);
+        new DatasetGenerator(model, new DatasetSettings { SamplesPerPrompt = 1, Keep = 1, Steps = 2, Filter = "none", Size = size })
+            .Run(prompts, Path.Combine(dir, "dataset"), new Shard(0, 1));
+    }
+
+    static InstructTrainingOptions Tiny(string data, string output, double? minutes = null) =>
+        new(data, output, ShippedModelTests.Folder, Seed: 5, Steps: 3, Batch: 2, Minutes: minutes, CheckpointEverySteps: 1);
+
+    [Fact]
+    public void The_widened_unet_equals_the_old_one_whatever_the_new_channels_hold()
+    {
+        using var model = StableDiffusionModel.Load(ShippedModelTests.Folder, ModelPlacement.Cpu);
+        using var widened = InstructTrainer.Widen(model.UNet, model.LatentChannels);
+        Assert.Equal(8, widened.Config.InChannels);
+        using var g = new Generator(11, CPU);
+        using var x = randn([2, 4, 16, 16], generator: g);
+        using var image = randn([2, 4, 16, 16], generator: g) * 3;
+        using var t = tensor(new float[] { 10, 700 });
+        using var context = randn([2, model.Tokenizer.MaxLength, model.UNet.Config.CrossAttentionDim], generator: g);
+        using var _ = no_grad();
+        using var old = model.UNet.forward(x, t, context);
+        using var wide = widened.forward(cat([x, image], 1), t, context);
+        // Zero weights add exact zeros; only the convolution's summation order may differ (float32 rounding).
+        Assert.True((old - wide).abs().max().item<float>() < 1e-5f, $"max difference {(old - wide).abs().max().item<float>()}");
+        var weights = widened.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var oldWeights = model.UNet.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        Assert.Equal(0f, weights["conv_in.weight"].narrow(1, 4, 4).abs().max().item<float>());
+        Assert.True(weights["conv_in.weight"].narrow(1, 0, 4).eq(oldWeights["conv_in.weight"]).all().item<bool>());
+        Assert.True(weights["conv_in.bias"].eq(oldWeights["conv_in.bias"]).all().item<bool>());
+    }
+
+    [Fact]
+    public void Dropout_drops_the_text_the_image_and_both_five_percent_each()
+    {
+        const int n = 100_000;
+        var draws = Enumerable.Range(0, n).Select(i => InstructTrainer.Dropped((i + 0.5) / n, 0.05)).ToList();
+        Assert.Equal(5000, draws.Count(d => d is { Text: true, Image: false }));
+        Assert.Equal(5000, draws.Count(d => d is { Text: false, Image: true }));
+        Assert.Equal(5000, draws.Count(d => d is { Text: true, Image: true }));
+        Assert.Equal(85000, draws.Count(d => d is { Text: false, Image: false }));
+    }
+
+    [Fact]
+    public void Training_resumes_to_the_same_model_reads_both_dataset_forms_and_saves_an_instruction_model()
+    {
+        using var dir = new TempDir();
+        WriteDataset(dir.Path, 3);
+        var data = dir.File("dataset");
+        // The Parquet shards alone (as downloaded from the Hub) give the same pairs as the record folders.
+        DatasetIndex.Merge(data);
+        var parquetOnly = dir.File("parquet");
+        Directory.CreateDirectory(Path.Combine(parquetOnly, "data"));
+        foreach (var shard in Directory.GetFiles(Path.Combine(data, "data"))) File.Copy(shard, Path.Combine(parquetOnly, "data", Path.GetFileName(shard)));
+        var fromFolders = DatasetIndex.ReadPairs(data);
+        var fromParquet = DatasetIndex.ReadPairs(parquetOnly);
+        Assert.Equal(3, fromFolders.Count);
+        Assert.Equal(fromFolders.Select(p => (p.Instruction, p.Input.Pixels.Length)), fromParquet.Select(p => (p.Instruction, p.Input.Pixels.Length)));
+        Assert.All(fromFolders.Zip(fromParquet), x => Assert.Equal(x.First.Edited.Pixels, x.Second.Edited.Pixels));
+
+        var straight = dir.File("straight");
+        new InstructTrainer(Tiny(data, straight)).Run();
+        var resumed = dir.File("resumed");
+        var logs = new List<string>();
+        int runs = 0;
+        do new InstructTrainer(Tiny(parquetOnly, resumed, minutes: 0), logs.Add).Run();   // one step per run
+        while (!logs.Any(l => l.StartsWith("instruction model written")) && ++runs < 10);
+        Assert.Equal(2, logs.Count(l => l.StartsWith("resuming")));
+
+        using var a = StableDiffusionModel.Load(straight, ModelPlacement.Cpu);
+        using var b = StableDiffusionModel.Load(resumed, ModelPlacement.Cpu);
+        Assert.Equal(a.Fingerprint, b.Fingerprint);
+        Assert.True(a.IsInstructPix2Pix);
+        Assert.Equal("EulerAncestralDiscreteScheduler", a.Scheduler.ClassName);
+        using var shipped = StableDiffusionModel.Load(ShippedModelTests.Folder, ModelPlacement.Cpu);
+        Assert.Equal(shipped.Vae.Config.ScalingFactor, a.Vae.Config.ScalingFactor);
+        Assert.Equal(shipped.Vae.Config.BlockOutChannels, a.Vae.Config.BlockOutChannels);
+        Assert.Equal(shipped.Tokenizer.Tokenize("make the circle blue").Ids, a.Tokenizer.Tokenize("make the circle blue").Ids);
+        using var edit = new InstructPix2PixPipeline(a).Edit(new InstructRequest { Image = fromFolders[0].Input, Instruction = fromFolders[0].Instruction, Steps = 2 });
+        Assert.Equal((64, 64), (edit.Image.Width, edit.Image.Height));
+
+        // A finished run is left alone; more steps continue it to the same model as one longer run.
+        logs.Clear();
+        new InstructTrainer(Tiny(data, straight), logs.Add).Run();
+        Assert.Equal($"{straight} is already trained (3 steps); pass a larger --steps to train it further.", Assert.Single(logs));
+        new InstructTrainer(Tiny(data, straight) with { Steps = 4 }, logs.Add).Run();
+        Assert.Contains("resuming at step 3", logs);
+        var longer = dir.File("longer");
+        new InstructTrainer(Tiny(data, longer) with { Steps = 4 }).Run();
+        using var c = StableDiffusionModel.Load(straight, ModelPlacement.Cpu);
+        using var d = StableDiffusionModel.Load(longer, ModelPlacement.Cpu);
+        Assert.Equal(d.Fingerprint, c.Fingerprint);
+        Assert.NotEqual(a.Fingerprint, c.Fingerprint);
+
+        // Another seed on the same folder is refused, naming the difference.
+        var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, straight) with { Seed = 6, Steps = 5 }).Run());
+        Assert.Contains("holds a training run with other settings", error.Message);
+        Assert.Contains("seed 5", error.Message);
+    }
+
+    [Fact]
+    public void Bad_data_and_folders_are_refused_with_one_line()
+    {
+        using var dir = new TempDir();
+        Assert.Equal($"Dataset folder not found: {dir.File("none")}. Make one with p2p dataset generate --out {dir.File("none")}.",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("none"), dir.File("out"))).Run()).Message);
+        Directory.CreateDirectory(dir.File("empty"));
+        Assert.Equal($"{dir.File("empty")} holds no pairs (no record folders with pairs, no data/train-*.parquet). Make them with p2p dataset generate --out {dir.File("empty")}.",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("empty"), dir.File("out"))).Run()).Message);
+
+        WriteDataset(dir.Path, 1, size: 32);
+        Assert.Equal($"{dir.File("dataset")} holds 32x32 images; shapes is trained at 64x64. Generate the dataset with the model it trains (p2p dataset generate --model ...).",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("out"))).Run()).Message);
+
+        // An existing model folder is never overwritten, and the start must be a text-to-image diffusers folder.
+        Assert.Equal($"{ShippedModelTests.Folder} already holds a model that this command did not train; give a new --out folder (nothing is overwritten).",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), ShippedModelTests.Folder)).Run()).Message);
+        var file = dir.File("model.safetensors");
+        File.WriteAllText(file, "");
+        Assert.StartsWith($"--init {file}: give the diffusers folder of a text-to-image model",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("out")) with { InitModel = file }).Run()).Message);
+        Assert.Equal("--steps must be 0 or more; got -1.",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("out")) with { Steps = -1 }).Run()).Message);
+        Assert.False(Directory.Exists(dir.File("out")));
+    }
+}
