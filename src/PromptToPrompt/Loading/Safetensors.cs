@@ -64,7 +64,8 @@ public sealed class SafetensorsFile : IDisposable
         JsonObject root;
         try
         {
-            root = JsonNode.Parse(Encoding.UTF8.GetString(header).TrimEnd(' ', '\0')) as JsonObject
+            // A name given twice is refused here (JsonException), not when the entries are enumerated.
+            root = JsonNode.Parse(Encoding.UTF8.GetString(header).TrimEnd(' ', '\0'), documentOptions: new JsonDocumentOptions { AllowDuplicateProperties = false }) as JsonObject
                    ?? throw new UserError(Corrupt("header is not a JSON object"));
         }
         catch (JsonException e) { throw new UserError(Corrupt("header is not valid JSON: " + e.Message)); }

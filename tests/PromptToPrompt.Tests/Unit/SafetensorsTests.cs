@@ -50,6 +50,10 @@ public class SafetensorsTests
     [InlineData("not json at all")]
     [InlineData("{\"w\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 8]}}")]
     [InlineData("{\"w\": {\"dtype\": \"Q4\", \"shape\": [4], \"data_offsets\": [0, 16]}}")]
+    // Names given twice (found by FuzzTests, seed ajqn9mqF-6w3): a tensor, a metadata key, a field of a tensor.
+    [InlineData("{\"w\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}, \"w\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}}")]
+    [InlineData("{\"__metadata__\": {\"k\": \"a\", \"k\": \"b\"}, \"w\": {\"dtype\": \"F32\", \"shape\": [4], \"data_offsets\": [0, 16]}}")]
+    [InlineData("{\"w\": {\"dtype\": \"F32\", \"dtype\": \"F16\", \"shape\": [4], \"data_offsets\": [0, 16]}}")]
     public void Corrupt_header_is_refused_with_a_message(string header)
     {
         using var dir = new TempDir();
