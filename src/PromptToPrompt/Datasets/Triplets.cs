@@ -75,20 +75,15 @@ public static class ShapeTriplets
     static string One(long seed, int index)
     {
         var rng = new Random(Scenes.StableSeed(seed, index));
-        T Pick<T>(IReadOnlyList<T> items, Func<T, bool>? allowed = null)
-        {
-            var options = items.Where(x => allowed?.Invoke(x) ?? true).ToList();
-            return options[rng.Next(options.Count)];
-        }
         var colours = Scenes.Colours.Keys.ToArray();
         var shapes = Scenes.Shapes;
-        var bg = Pick(Scenes.Backgrounds);
+        var bg = Pick(rng, Scenes.Backgrounds);
         bool striped = rng.NextDouble() < 0.2;
         int count = rng.Next(1, 3);
         var objects = new List<(string Shape, string Colour, string SizeWord)>();
         for (int k = 0; k < count; k++)
-            objects.Add((Pick(shapes, s => objects.All(o => o.Shape != s)), Pick(colours, c => c != bg), rng.NextDouble() < 0.5 ? "large" : "small"));
-        var kind = Pick(Kinds, k => k != "remove" || objects.Count > 1);
+            objects.Add((Pick(rng, shapes, s => objects.All(o => o.Shape != s)), Pick(rng, colours, c => c != bg), rng.NextDouble() < 0.5 ? "large" : "small"));
+        var kind = Pick(rng, Kinds, k => k != "remove" || objects.Count > 1);
         var (instruction, edited, newBg, newStriped) = Apply(kind, objects, bg, striped, rng);
         return TripletFile.ToJson(Scenes.Caption(objects, bg, striped), instruction, Scenes.Caption(edited, newBg, newStriped));
     }
@@ -101,11 +96,6 @@ public static class ShapeTriplets
     public static (string Instruction, List<(string Shape, string Colour, string SizeWord)> Objects, string Background, bool Striped) Apply(
         string kind, IReadOnlyList<(string Shape, string Colour, string SizeWord)> objects, string background, bool striped, Random rng)
     {
-        T Pick<T>(IReadOnlyList<T> items, Func<T, bool>? allowed = null)
-        {
-            var options = items.Where(x => allowed?.Invoke(x) ?? true).ToList();
-            return options[rng.Next(options.Count)];
-        }
         if (kind == "remove" && objects.Count < 2) throw new ArgumentException("removing an object needs a scene of two objects or more");
         var colours = Scenes.Colours.Keys.ToArray();
         var shapes = Scenes.Shapes;
@@ -118,12 +108,12 @@ public static class ShapeTriplets
         switch (kind)
         {
             case "colour":
-                var colour = Pick(colours, c => c != bg && c != o.Colour);
+                var colour = Pick(rng, colours, c => c != bg && c != o.Colour);
                 edited[target] = o with { Colour = colour };
                 instruction = $"make the {o.Shape} {colour}";
                 break;
             case "shape":
-                var shape = Pick(shapes, s => objects.All(x => x.Shape != s));
+                var shape = Pick(rng, shapes, s => objects.All(x => x.Shape != s));
                 edited[target] = o with { Shape = shape };
                 instruction = $"turn the {o.Shape} into a {shape}";
                 break;
@@ -133,7 +123,7 @@ public static class ShapeTriplets
                 instruction = size == "large" ? $"make the {o.Shape} bigger" : $"make the {o.Shape} smaller";
                 break;
             case "background":
-                newBg = Pick(Scenes.Backgrounds, b => b != bg && objects.All(x => x.Colour != b));
+                newBg = Pick(rng, Scenes.Backgrounds, b => b != bg && objects.All(x => x.Colour != b));
                 instruction = $"put it on a {newBg} background";
                 break;
             case "stripes":
@@ -141,7 +131,7 @@ public static class ShapeTriplets
                 instruction = striped ? "remove the stripes from the background" : "add stripes to the background";
                 break;
             case "add":
-                var added = (Pick(shapes, s => objects.All(x => x.Shape != s)), Pick(colours, c => c != bg), rng.NextDouble() < 0.5 ? "large" : "small");
+                var added = (Pick(rng, shapes, s => objects.All(x => x.Shape != s)), Pick(rng, colours, c => c != bg), rng.NextDouble() < 0.5 ? "large" : "small");
                 edited.Add(added);
                 instruction = $"add a {added.Item3} {added.Item2} {added.Item1}";
                 break;
@@ -153,6 +143,13 @@ public static class ShapeTriplets
                 throw new ArgumentException($"unknown instruction kind {kind}");
         }
         return (instruction, edited, newBg, newStriped);
+    }
+
+    /// <summary>One of <paramref name="items"/> (those <paramref name="allowed"/>), drawn by <paramref name="rng"/>.</summary>
+    static T Pick<T>(Random rng, IReadOnlyList<T> items, Func<T, bool>? allowed = null)
+    {
+        var options = items.Where(x => allowed?.Invoke(x) ?? true).ToList();
+        return options[rng.Next(options.Count)];
     }
 
     /// <summary>Writes <paramref name="count"/> triplets as JSONL (atomically).</summary>
