@@ -34,15 +34,21 @@ static class TrainShapesCommand
         {
             Description = "Caption each scene as people type it, drawn anew at every use (objects in any order, sizes and the background left out, synonyms, 'a circle, red'); default: the canonical grammar.",
         };
+        var init = new Option<string?>("--init")
+        {
+            Description = "Start from a model this command trained (such as models/shapes): its VAE is kept (no VAE phase) and its UNet and text encoder train further; new words start as their shape's word.",
+        };
+        var learningRate = new Option<double>("--learning-rate") { Description = "AdamW learning rate of the UNet and text encoder.", DefaultValueFactory = _ => new ShapesTrainingOptions("").LearningRate };
+        var canonicalShare = new Option<double>("--canonical-share") { Description = "With --varied-captions: the share of captions kept in the canonical grammar (0..1)." };
         var command = new Command("train-shapes", "Train a small text-to-image model on generated shape scenes (saved as a diffusers folder).")
         {
-            output, minutes, seed, vaeSteps, unetSteps, attentionLoss, vaeCrop, latentReuse, varied,
+            output, minutes, seed, vaeSteps, unetSteps, attentionLoss, vaeCrop, latentReuse, varied, init, learningRate, canonicalShare,
         };
         command.SetAction(r => CliSupport.Run(() =>
         {
             var options = new ShapesTrainingOptions(r.GetValue(output)!, r.GetValue(seed), r.GetValue(vaeSteps), r.GetValue(unetSteps), Minutes: r.GetValue(minutes),
                 AttentionLossWeight: r.GetValue(attentionLoss), VaeCrop: r.GetValue(vaeCrop), LatentReuse: r.GetValue(latentReuse),
-                VariedCaptions: r.GetValue(varied));
+                VariedCaptions: r.GetValue(varied), Init: r.GetValue(init), LearningRate: r.GetValue(learningRate), CanonicalShare: r.GetValue(canonicalShare));
             var trainer = new ShapesTrainer(options, CliSupport.Warn);
             return RunResumable(trainer.Run);
         }));

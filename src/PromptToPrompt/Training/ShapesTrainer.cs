@@ -17,7 +17,8 @@ namespace PromptToPrompt.Training;
 public sealed record ShapesTrainingOptions(
     string OutDir, long Seed = 0, int VaeSteps = 2000, int UNetSteps = 6000, int VaeBatch = 16, int UNetBatch = 32,
     double? Minutes = null, double CaptionDropout = 0.1, int CheckpointEverySteps = 500, int ScaleSamples = 256,
-    double AttentionLossWeight = 0.05, int VaeCrop = 32, int LatentReuse = 4, bool VariedCaptions = false)
+    double AttentionLossWeight = 0.05, int VaeCrop = 32, int LatentReuse = 4, bool VariedCaptions = false,
+    string? Init = null, double LearningRate = 5e-4, double CanonicalShare = 0)
 {
     /// <summary>Throws a <see cref="UserError"/> naming the first option out of range.</summary>
     public void Validate(int imageSize, int vaeDownsampling)
@@ -31,6 +32,10 @@ public sealed record ShapesTrainingOptions(
         Check(VaeCrop == 0 || (VaeCrop >= vaeDownsampling && VaeCrop <= imageSize && VaeCrop % vaeDownsampling == 0),
             $"--vae-crop must be 0 (whole images) or a multiple of {vaeDownsampling} (the VAE's downsampling) up to {imageSize}.");
         Check(LatentReuse >= 1 && UNetBatch % LatentReuse == 0, $"--latent-reuse must be at least 1 and divide the UNet batch ({UNetBatch}).");
+        Check(double.IsFinite(LearningRate) && LearningRate > 0, $"--learning-rate must be a positive number; got {LearningRate}.");
+        Check(CanonicalShare is >= 0 and <= 1, $"--canonical-share must be between 0 and 1; got {CanonicalShare}.");
+        Check(CanonicalShare == 0 || VariedCaptions, "--canonical-share needs --varied-captions (without it every caption is canonical).");
+        Check(Init is null || Directory.Exists(Init), $"--init {Init}: give the folder of a model this command trained (such as models/shapes).");
     }
 }
 
@@ -121,6 +126,13 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
             AtomicFile.Write(Checkpoint("state.json"), f => f.Write(System.Text.Encoding.UTF8.GetBytes(json)));
         }
 
+        if (options.Init is not null && state is { Phase: "vae", Step: 0 })
+        {
+            state = new State("unet", 0, InitialiseFrom(options.Init, vae, unet, text, vocab), 0);
+            Save(state);
+            log?.Invoke($"starting from {options.Init} (its VAE kept; the UNet and text encoder trained further)");
+        }
+
         if (state.Phase == "vae")
         {
             vae.train();
@@ -168,7 +180,7 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
         text.train();
         var parameters = unet.parameters().Concat(text.parameters()).ToList();
         foreach (var p in parameters) p.requires_grad = true;
-        using (var optimizer = optim.AdamW(parameters, lr: 5e-4, weight_decay: 1e-4))
+        using (var optimizer = optim.AdamW(parameters, lr: options.LearningRate, weight_decay: 1e-4))
         {
             if (state.Step > 0 && File.Exists(Checkpoint("unet.optimizer"))) optimizer.load_state_dict(Checkpoint("unet.optimizer"));
             var alphas = new NoiseSchedule(schedulerConfig).AlphasCumprod;
@@ -195,10 +207,12 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
                 var t = randint(0, schedulerConfig.NumTrainTimesteps, [x0.shape[0]], generator: g);
                 var xt = sqrtA[t].reshape(-1, 1, 1, 1) * x0 + sqrtB[t].reshape(-1, 1, 1, 1) * noise;
                 var rng = new Random(Scenes.StableSeed(options.Seed + 17, step));
-                // With varied captions each use of a scene draws its caption's phrasing anew (Scenes.Describe).
+                // With varied captions each use of a scene draws its caption's phrasing anew (Scenes.Describe), except
+                // for the canonical share (no draw when it is 0, so runs without it keep their stream).
+                bool Varied() => options.VariedCaptions && (options.CanonicalShare == 0 || rng.NextDouble() >= options.CanonicalShare);
                 var kept = chunks.SelectMany(c => c.Scenes)
                     .Select(scene => rng.NextDouble() < options.CaptionDropout ? null
-                        : ((Scene, CaptionWords)?)(scene, Scenes.Describe(scene, options.VariedCaptions ? rng : null))).ToList();
+                        : ((Scene, CaptionWords)?)(scene, Scenes.Describe(scene, Varied() ? rng : null))).ToList();
                 var ids = tensor(kept.SelectMany(entry => tokenizer.Tokenize(entry?.Item2.Text ?? "").Ids).ToArray(), [kept.Count, tokenizer.MaxLength]);
                 using var localisation = options.AttentionLossWeight > 0 ? new AttentionLocalisationLoss(tokenizer, kept, (int)x0.shape[2], CPU) : null;
                 Tensor predicted;
@@ -225,6 +239,39 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
         Export(scaled);
         Save(new State("done", options.UNetSteps, state.ScalingFactor, 0));
         log?.Invoke($"trained model written to {options.OutDir} ({(elapsedBefore + clock.Elapsed.TotalSeconds) / 60:0.0} min in all)");
+    }
+
+    /// <summary>
+    /// Copies a model this trainer made (a diffusers folder of the same architecture) into the new modules and returns
+    /// its VAE scaling factor. The token embedding is copied by token text, so a vocabulary with more words keeps every
+    /// old word's embedding; a new shape synonym ("disc") starts as its shape's ("circle"), other new tokens as drawn.
+    /// </summary>
+    static double InitialiseFrom(string folder, AutoencoderKL vae, UNet2DConditionModel unet, ClipTextModel text, Dictionary<string, int> vocab)
+    {
+        using var init = StableDiffusionModel.Load(folder, new ModelPlacement(CPU, ScalarType.Float32));
+        init.RequireTextToImage();
+        var oldVocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(Path.Combine(folder, "tokenizer", "vocab.json")))!;
+        int OldId(string token) =>
+            oldVocab.TryGetValue(token, out var id) ? id
+            : token.EndsWith("</w>") && Scenes.ShapeOf(token[..^4]) is string shape && oldVocab.TryGetValue(shape + "</w>", out var shapeId) ? shapeId
+            : -1;
+        using var scope = NewDisposeScope();
+        using (no_grad())
+            foreach (var (target, source) in new (nn.Module, nn.Module)[] { (vae, init.Vae), (unet, init.UNet), (text, init.TextEncoder) })
+            {
+                var from = source.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+                foreach (var (name, parameter) in target.named_parameters())
+                {
+                    bool embedding = name.EndsWith("token_embedding.weight");
+                    if (!from.TryGetValue(name, out var value) || (embedding ? value.shape[1] != parameter.shape[1] : !value.shape.SequenceEqual(parameter.shape)))
+                        throw new UserError($"--init {folder} is not a model of train-shapes' architecture ({name} differs); give a folder this command wrote (such as models/shapes).");
+                    if (!embedding) parameter.copy_(value);
+                    else
+                        foreach (var (token, id) in vocab)
+                            if (OldId(token) is var old and >= 0) parameter[id].copy_(value[old]);
+                }
+            }
+        return init.Vae.Config.ScalingFactor;
     }
 
     State ReadState()

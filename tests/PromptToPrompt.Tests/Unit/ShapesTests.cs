@@ -277,6 +277,36 @@ public class ShapesTrainerTests
     }
 
     [Fact]
+    public void Training_from_a_model_keeps_its_weights_and_starts_each_new_synonym_as_its_shape()
+    {
+        using var dir = new TempDir();
+        var logs = new List<string>();
+        // No UNet steps: the result is the init model itself, with the larger vocabulary of the varied captions.
+        new ShapesTrainer(Tiny(dir.Path) with { Init = ShippedModelTests.Folder, VariedCaptions = true, UNetSteps = 0 }, logs.Add).Run();
+        Assert.Contains($"starting from {ShippedModelTests.Folder} (its VAE kept; the UNet and text encoder trained further)", logs);
+        Assert.DoesNotContain(logs, l => l.StartsWith("resuming"));   // no VAE phase ran
+        using var init = PromptToPrompt.Loading.StableDiffusionModel.Load(ShippedModelTests.Folder, PromptToPrompt.Loading.ModelPlacement.Cpu);
+        using var made = PromptToPrompt.Loading.StableDiffusionModel.Load(dir.Path, PromptToPrompt.Loading.ModelPlacement.Cpu);
+        Assert.Equal(init.Vae.Config.ScalingFactor, made.Vae.Config.ScalingFactor);
+        foreach (var (a, b) in new (TorchSharp.torch.nn.Module, TorchSharp.torch.nn.Module)[] { (init.Vae, made.Vae), (init.UNet, made.UNet) })
+            foreach (var ((name, x), (_, y)) in a.named_parameters().Zip(b.named_parameters()))
+                Assert.True(x.eq(y).all().item<bool>(), $"{name} changed");
+        // Same words, same ids as far as the old vocabulary goes: every old word's embedding is kept, a synonym's is its shape's.
+        Assert.True(made.Tokenizer.VocabSize > init.Tokenizer.VocabSize);
+        using var oldRows = init.TextEncoder.named_parameters().Single(p => p.name.EndsWith("token_embedding.weight")).parameter;
+        using var newRows = made.TextEncoder.named_parameters().Single(p => p.name.EndsWith("token_embedding.weight")).parameter;
+        long Id(PromptToPrompt.Loading.StableDiffusionModel m, string word) => m.Tokenizer.Tokenize(word).Ids[1];
+        foreach (var (word, asWord) in new[] { ("red", "red"), ("circle", "circle"), ("background", "background"), ("disc", "circle"), ("box", "square"), ("donut", "ring") })
+            Assert.True(newRows[Id(made, word)].eq(oldRows[Id(init, asWord)]).all().item<bool>(), $"'{word}' does not start as '{asWord}'");
+        Assert.Equal(3, made.Tokenizer.Tokenize("disc").TokenCount);   // BOS, disc, EOS
+
+        // A model of another architecture (here an instruction model) is refused with one line.
+        using var other = new TempDir();
+        var error = Assert.Throws<UserError>(() => new ShapesTrainer(Tiny(other.Path) with { Init = Path.Combine(Path.GetDirectoryName(ShippedModelTests.Folder)!, "shapes-instruct") }).Run());
+        Assert.Contains("is an InstructPix2Pix model", error.Message);
+    }
+
+    [Fact]
     public void An_unreadable_checkpoint_names_the_folder_to_delete()
     {
         using var dir = new TempDir();
