@@ -44,8 +44,9 @@ static class EvalInstructCommand
             Action<string, string[], RgbImage[]>? save = folder == null ? null : (name, captions, images) =>
                 Png.Save(Path.Combine(folder, $"instruct_{name}.png"), Grid.WithCaptions(images, captions, images.Length),
                     new Dictionary<string, string> { ["captions"] = string.Join(" | ", captions) });
-            var report = evaluation.Run(r.GetValue(samples), r.GetValue(p2pSamples), r.GetValue(seed), new Progress<string>(s => Console.Error.Write($"\r{s}   ")), save);
-            Console.Error.WriteLine();
+            using var status = new StatusLine();
+            var report = evaluation.Run(r.GetValue(samples), r.GetValue(p2pSamples), r.GetValue(seed), status, save);
+            status.EndLine();
             Console.WriteLine(report.ToTable());
             return 0;
         }));

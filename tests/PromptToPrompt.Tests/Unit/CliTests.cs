@@ -65,6 +65,22 @@ public class CliTests
     }
 
     [Fact]
+    public void An_evaluation_reports_progress_as_the_progress_option_says()
+    {
+        string[] args = ["eval-shapes", "--samples", "2", "--steps", "2", "--inversion-samples", "0", "--guidance-samples", "0", "--zero-samples", "0"];
+        var plain = RunP2P(args);
+        Assert.True(plain.Code == 0, plain.Err);
+        Assert.DoesNotContain('\r', plain.Err);
+        var lines = plain.Err.Split('\n').Where(l => l.Contains(" colour ") || l.Contains(" edits ")).ToList();
+        Assert.Equal(["canonical colour 1/2", "canonical colour 2/2", "canonical edits 1/2", "canonical edits 2/2",
+                      "varied colour 1/2", "varied colour 2/2", "varied edits 1/2", "varied edits 2/2"], lines);
+        Assert.Contains("colour accuracy, single objects", plain.Out);
+        var none = RunP2P([.. args, "--progress", "none"]);
+        Assert.True(none.Code == 0, none.Err);
+        Assert.DoesNotContain("canonical colour", none.Err);
+    }
+
+    [Fact]
     public void Benchmark_reports_every_stage_on_a_model()
     {
         var (code, stdout, stderr) = RunP2P("benchmark", "--model", ShippedModelTests.Folder, "--steps", "2", "--inversion");
