@@ -27,8 +27,8 @@ static class ServeCommand
             var options = new ServerOptions(r.GetValue(listen)!, r.GetValue(port));
             if (IPAddress.TryParse(options.Listen, out var address) && !IPAddress.IsLoopback(address))
                 Console.Error.WriteLine($"warning: listening on {options.Listen}: anyone who can reach this machine can use the editor and its CPU/GPU.");
-            using var sd = modelOptions.Load(r, r.GetValue(model));
-            using var editor = new Editor(sd, sd.Name, r.GetValue(output)!, new EditorLimits(QueueCapacity: r.GetValue(queue), CacheBudgetMb: r.GetValue(budget)), CliSupport.Warn);
+            using var editor = new Editor(() => modelOptions.Load(r, r.GetValue(model)), r.GetValue(output)!,
+                new EditorLimits(QueueCapacity: r.GetValue(queue), CacheBudgetMb: r.GetValue(budget)), CliSupport.Warn);
             var app = EditorServer.Build(editor, options);
             try { app.StartAsync(CliSupport.Cancellation).GetAwaiter().GetResult(); }
             catch (IOException e) when (e.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
@@ -37,7 +37,9 @@ static class ServeCommand
             }
             foreach (var url in EditorServer.Urls(app)) Console.WriteLine($"editor at {url}");
             Console.Error.WriteLine("Ctrl-C stops the server.");
-            try { Task.Delay(Timeout.Infinite, CliSupport.Cancellation).GetAwaiter().GetResult(); }
+            // Ctrl-C, or SIGTERM (a service manager or a container stopping it), which the host turns into ApplicationStopping.
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(CliSupport.Cancellation, app.Lifetime.ApplicationStopping);
+            try { Task.Delay(Timeout.Infinite, stop.Token).GetAwaiter().GetResult(); }
             catch (OperationCanceledException) { }
             app.StopAsync().GetAwaiter().GetResult();
             return 0;

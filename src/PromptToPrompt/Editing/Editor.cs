@@ -36,11 +36,21 @@ public sealed class Editor : IDisposable
     readonly Dictionary<string, PhotoInversion> _photos = new();
     readonly LatentPreview _preview = new();
 
+    readonly bool _ownsModel;
+
+    /// <summary>An editor of <paramref name="model"/> (which the caller keeps and disposes).</summary>
     public Editor(StableDiffusionModel model, string modelName, string outputFolder, EditorLimits? limits = null, Action<string>? log = null)
+        : this(() => model, outputFolder, limits, log, modelName, ownsModel: false) { }
+
+    /// <summary>
+    /// An editor of the model <paramref name="load"/> makes, loaded on the job thread so that one thread does all the
+    /// model's work (see <see cref="JobQueue"/>); the editor disposes it.
+    /// </summary>
+    public Editor(Func<StableDiffusionModel> load, string outputFolder, EditorLimits? limits = null, Action<string>? log = null)
+        : this(load, outputFolder, limits, log, null, ownsModel: true) { }
+
+    Editor(Func<StableDiffusionModel> load, string outputFolder, EditorLimits? limits, Action<string>? log, string? modelName, bool ownsModel)
     {
-        model.RequireTextToImage();
-        _model = model;
-        ModelName = modelName;
         Limits = limits ?? new EditorLimits();
         _log = log;
         OutputFolder = outputFolder;
@@ -49,8 +59,21 @@ public sealed class Editor : IDisposable
         {
             throw new UserError($"The output folder {outputFolder} cannot be created ({e.Message}). Give a writable folder with --output.");
         }
-        _cache = new SourceCache(Limits.CacheBudgetMb, null, log);
         Jobs = new JobQueue(outputFolder, Limits.QueueCapacity, log);
+        try
+        {
+            _model = Jobs.Invoke(load);
+            _ownsModel = ownsModel;
+            _model.RequireTextToImage();
+        }
+        catch
+        {
+            if (ownsModel) _model?.Dispose();
+            Jobs.Dispose();
+            throw;
+        }
+        ModelName = modelName ?? _model.Name;
+        _cache = new SourceCache(Limits.CacheBudgetMb, null, log);
     }
 
     public string ModelName { get; }
@@ -279,7 +302,7 @@ public sealed class Editor : IDisposable
     /// grid with <paramref name="resolution"/> on its shorter side (default: the reference's, as <c>p2p attention</c>),
     /// averaged over layers and heads, and over all steps or at one UNet evaluation.
     /// </summary>
-    public byte[] AttentionMap(string job, int prompt, int token, int? step = null, int? resolution = null, int size = 256)
+    public byte[] AttentionMap(string job, int prompt, int token, int? step = null, int? resolution = null, int size = 256) => Jobs.Invoke(() =>
     {
         lock (_gate)
         {
@@ -296,7 +319,7 @@ public sealed class Editor : IDisposable
             var back = image.Resize(size, size * image.Height / image.Width);
             return Png.Encode(HeatMap.Overlay(back, map));
         }
-    }
+    });
 
     public void Dispose()
     {
@@ -309,5 +332,6 @@ public sealed class Editor : IDisposable
             _photos.Clear();
         }
         _cache.Dispose();
+        if (_ownsModel) _model.Dispose();
     }
 }

@@ -112,9 +112,11 @@ public sealed class EditorBrowserTests(ITestOutputHelper output) : IAsyncLifetim
 
         // Re-weighting "blue" with its slider and running again changes the edit.
         await _page.Locator(".wordrow", new() { HasText = "blue" }).Locator("input.weight").FillAsync("5");
+        clock.Restart();
         await _page.Locator("#edit").ClickAsync();
         await Until($"() => document.querySelectorAll('#images figure img')[1]?.dataset.src !== '{new Uri(first[1]).PathAndQuery}'");
         await Images(2);
+        output.WriteLine($"a second edit: click on Edit -> edited image shown: {clock.Elapsed.TotalSeconds:F2} s");
         Assert.NotEqual(swapped, await Pixels(1));
         Assert.Equal(3, await _page.Locator("#jobs li.done").CountAsync()); // generate and two edits in the history
 

@@ -23,8 +23,9 @@ public sealed class RunningEditor : IDisposable
 
     public RunningEditor(EditorLimits? limits = null)
     {
-        Model = StableDiffusionModel.Load(ShippedModelTests.Folder, ModelPlacement.Cpu);
-        Editor = new Editor(Model, Model.Name, Dir.File("out"), limits);
+        // As p2p serve does: the model is loaded on the job thread (see JobQueue).
+        Editor = new Editor(() => StableDiffusionModel.Load(ShippedModelTests.Folder, ModelPlacement.Cpu), Dir.File("out"), limits);
+        Model = Editor.Model;
         App = EditorServer.Build(Editor, new ServerOptions(Port: 0));
         App.StartAsync().GetAwaiter().GetResult();
         Url = EditorServer.Urls(App)[0];
@@ -60,8 +61,7 @@ public sealed class RunningEditor : IDisposable
     {
         Http.Dispose();
         App.StopAsync().GetAwaiter().GetResult();
-        Editor.Dispose();
-        Model.Dispose();
+        Editor.Dispose();   // and its model
         Dir.Dispose();
     }
 }

@@ -9,8 +9,11 @@ namespace PromptToPrompt.Tests.Server;
 /// <summary><c>p2p serve</c> as a user starts it, and the job queue under failures.</summary>
 public class ServeCommandTests
 {
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    static extern int kill(int pid, int signal);
+
     [Fact]
-    public async Task Serve_prints_its_address_and_answers_there()
+    public async Task Serve_prints_its_address_answers_there_and_stops_on_sigterm()
     {
         using var dir = new TempDir();
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
@@ -23,6 +26,10 @@ public class ServeCommandTests
             using var http = new HttpClient();
             var info = await http.GetStringAsync(line!["editor at ".Length..] + "api/info");
             Assert.Contains("\"model\":\"shapes\"", info);
+            // A service manager or a container stops it with SIGTERM: the server shuts down and exits 0.
+            Assert.Equal(0, kill(p.Id, 15));
+            Assert.True(p.WaitForExit(TimeSpan.FromSeconds(30)), "p2p serve did not stop within 30 s of SIGTERM");
+            Assert.Equal(0, p.ExitCode);
         }
         finally
         {
@@ -68,5 +75,29 @@ public class ServeCommandTests
         Assert.Equal(JobState.Done, fine.State);
         Assert.Equal(Path.Combine(dir.Path, fine.Id), fine.Outcome!.Details["folder"]);
         Assert.True(Directory.Exists(fine.Folder));
+    }
+
+    [Fact]
+    public void Invoked_work_runs_on_the_job_thread_before_waiting_jobs_and_rethrows()
+    {
+        using var dir = new TempDir();
+        using var queue = new JobQueue(dir.Path);
+        using var release = new ManualResetEventSlim();
+        var order = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        int jobThread = -1;
+        var running = queue.Enqueue("test", _ => { jobThread = Environment.CurrentManagedThreadId; release.Wait(); order.Enqueue("running"); return new JobOutcome([], new Dictionary<string, object?>()); });
+        var waiting = queue.Enqueue("test", _ => { order.Enqueue("waiting"); return new JobOutcome([], new Dictionary<string, object?>()); });
+        SpinWait.SpinUntil(() => running.State == JobState.Running, TimeSpan.FromSeconds(30));
+        using var invoking = new ManualResetEventSlim();
+        var invoked = Task.Run(() => { invoking.Set(); return queue.Invoke(() => { order.Enqueue("invoked"); return Environment.CurrentManagedThreadId; }); });
+        invoking.Wait();
+        Thread.Sleep(200);   // Invoke has queued its work by now
+        Assert.False(invoked.IsCompleted);   // it waits for the running job
+        release.Set();
+        Assert.Equal(jobThread, invoked.Result);
+        SpinWait.SpinUntil(() => waiting.Finished, TimeSpan.FromSeconds(30));
+        Assert.Equal(["running", "invoked", "waiting"], order.ToArray());
+        var error = Assert.Throws<UserError>(() => queue.Invoke<int>(() => throw new UserError("No such job.")));
+        Assert.Equal("No such job.", error.Message);
     }
 }
