@@ -78,7 +78,7 @@ public class ServeCommandTests
     }
 
     [Fact]
-    public void Invoked_work_runs_on_the_job_thread_before_waiting_jobs_and_rethrows()
+    public async Task Invoked_work_runs_on_the_job_thread_before_waiting_jobs_and_rethrows()
     {
         using var dir = new TempDir();
         using var queue = new JobQueue(dir.Path);
@@ -94,7 +94,7 @@ public class ServeCommandTests
         Thread.Sleep(200);   // Invoke has queued its work by now
         Assert.False(invoked.IsCompleted);   // it waits for the running job
         release.Set();
-        Assert.Equal(jobThread, invoked.Result);
+        Assert.Equal(jobThread, await invoked);
         SpinWait.SpinUntil(() => waiting.Finished, TimeSpan.FromSeconds(30));
         Assert.Equal(["running", "invoked", "waiting"], order.ToArray());
         var error = Assert.Throws<UserError>(() => queue.Invoke<int>(() => throw new UserError("No such job.")));
