@@ -45,6 +45,10 @@ static class DatasetCommand
         var crossRange = new Option<string>("--cross-range") { Description = "MIN,MAX of the cross-attention injection fraction (p2p schedule).", DefaultValueFactory = _ => "0.6,0.9" };
         var guidanceRange = new Option<string>("--guidance-range") { Description = "MIN,MAX of the guidance scale.", DefaultValueFactory = _ => "7.5,15" };
         var filter = new Option<string>("--filter") { Description = "shapes (measured from the images; for the shipped model), clip (the paper's, with --clip-model) or none.", DefaultValueFactory = _ => "shapes" };
+        var shapesMinIoU = new Option<double>("--shapes-min-iou")
+        {
+            Description = "Least instructed-change measure and kept-object IoU of a pair the shapes filter keeps.", DefaultValueFactory = _ => ShapesPairFilter.MinIoU,
+        };
         var clipModel = new Option<string?>("--clip-model") { Description = "A Hugging Face CLIP folder (openai/clip-vit-large-patch14) for --filter clip." };
         var clipCaption = new Option<double>("--clip-threshold") { Description = "Least image-caption similarity of each image.", DefaultValueFactory = _ => 0.2 };
         var clipImage = new Option<double>("--clip-image-threshold") { Description = "Least image-image similarity.", DefaultValueFactory = _ => 0.7 };
@@ -57,7 +61,7 @@ static class DatasetCommand
         var modelOptions = CliSupport.ModelOptions.Create();
         var command = new Command("generate", "Make Prompt-to-Prompt pairs for each triplet, filter them, keep the best (resumable, shardable).")
         {
-            model, prompts, output, samples, keep, steps, size, seed, schedule, selfRange, crossRange, guidanceRange, filter, scheduler, shardIndex, shardCount, skipBad, saveRejected, clipModel, clipCaption, clipImage, clipDirection,
+            model, prompts, output, samples, keep, steps, size, seed, schedule, selfRange, crossRange, guidanceRange, filter, scheduler, shardIndex, shardCount, skipBad, saveRejected, shapesMinIoU, clipModel, clipCaption, clipImage, clipDirection,
         };
         foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
@@ -73,7 +77,7 @@ static class DatasetCommand
                 },
                 SelfRange = Range(r.GetValue(selfRange)!, "--self-range"), CrossRange = Range(r.GetValue(crossRange)!, "--cross-range"),
                 GuidanceRange = Range(r.GetValue(guidanceRange)!, "--guidance-range"), Filter = r.GetValue(filter)!, Scheduler = r.GetValue(scheduler),
-                SaveRejected = r.GetValue(saveRejected),
+                SaveRejected = r.GetValue(saveRejected), ShapesMinIoU = r.GetValue(shapesMinIoU),
             };
             settings.Validate();
             var shard = Shard.Resolve(r.GetValue(shardIndex), r.GetValue(shardCount));

@@ -37,6 +37,8 @@ public sealed record DatasetSettings
     public (double Min, double Max) GuidanceRange { get; init; } = (7.5, 15);
     /// <summary>shapes, clip (with a <see cref="ClipPairFilter"/> given to the generator) or none.</summary>
     public string Filter { get; init; } = "shapes";
+    /// <summary>The shapes filter's least instructed-change measure and kept-object IoU (<see cref="ShapesPairFilter.MinIoU"/> by default).</summary>
+    public double ShapesMinIoU { get; init; } = ShapesPairFilter.MinIoU;
     public string? Scheduler { get; init; }
     /// <summary>Also write the pairs the filter rejected, under rejected/{index:07d}/ (for inspecting the filter; not part of the dataset).</summary>
     public bool SaveRejected { get; init; }
@@ -47,6 +49,8 @@ public sealed record DatasetSettings
         if (Keep < 1) throw new UserError($"--keep must be at least 1; got {Keep}.");
         if (Steps < 1) throw new UserError($"--steps must be at least 1; got {Steps}.");
         if (Filter is not ("shapes" or "clip" or "none")) throw new UserError($"Unknown --filter '{Filter}'. Use shapes, clip or none.");
+        if (!(ShapesMinIoU is >= 0 and <= 1)) throw new UserError($"--shapes-min-iou must be between 0 and 1; got {ShapesMinIoU}.");
+        if (ShapesMinIoU != ShapesPairFilter.MinIoU && Filter != "shapes") throw new UserError("--shapes-min-iou sets the shapes filter's threshold; it needs --filter shapes.");
         foreach (var (name, (lo, hi), max) in new[] { ("--self-range", SelfRange, 1.0), ("--cross-range", CrossRange, 1.0), ("--guidance-range", GuidanceRange, 100.0) })
             if (!(lo >= 0 && lo <= hi && hi <= max)) throw new UserError($"{name} {lo},{hi}: give MIN,MAX with 0 <= MIN <= MAX <= {max}.");
     }
@@ -106,7 +110,15 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
     public static int SampleSeed(long runSeed, int record, int sample) => Scenes.StableSeed(Scenes.StableSeed(runSeed, record), sample);
 
     /// <summary>The run's identity: everything that changes its output.</summary>
-    JsonObject Manifest(string promptsHash, int records) => new()
+    JsonObject Manifest(string promptsHash, int records)
+    {
+        var manifest = BaseManifest(promptsHash, records);
+        // Recorded only when it is not the default, so the folders of earlier runs keep their manifests.
+        if (settings.ShapesMinIoU != ShapesPairFilter.MinIoU) manifest["shapes_min_iou"] = settings.ShapesMinIoU;
+        return manifest;
+    }
+
+    JsonObject BaseManifest(string promptsHash, int records) => new()
     {
         ["format"] = Format, ["model"] = model.Fingerprint, ["dtype"] = model.Placement.DType.ToString().ToLowerInvariant(),
         ["prompts_sha256"] = promptsHash, ["records"] = records, ["seed"] = settings.Seed,
@@ -250,7 +262,7 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
         using var result = session.Edit(new EditRequest([triplet.Output], edit), cancel: cancel);
         var score = settings.Filter switch
         {
-            "shapes" => ShapesPairFilter.Score(triplet, result.Images[0], result.Images[1]),
+            "shapes" => ShapesPairFilter.Score(triplet, result.Images[0], result.Images[1], settings.ShapesMinIoU),
             "clip" => clip!.Score(triplet, result.Images[0], result.Images[1]),
             _ => new PairScore(true, 0, new Dictionary<string, double>()),
         };

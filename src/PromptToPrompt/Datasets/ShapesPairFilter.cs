@@ -16,7 +16,8 @@ public static class ShapesPairFilter
 {
     public const double MinIoU = 0.5, MaxBackgroundChange = 40, MinArea = 0.01;
 
-    public static PairScore Score(Triplet triplet, RgbImage source, RgbImage edit)
+    /// <param name="minIoU">The least instructed-change measure and kept-object IoU of a pair that is kept (<c>--shapes-min-iou</c>).</param>
+    public static PairScore Score(Triplet triplet, RgbImage source, RgbImage edit, double minIoU = MinIoU)
     {
         var a = Scenes.ParseCaption(triplet.Input);
         var b = Scenes.ParseCaption(triplet.Output);
@@ -51,7 +52,7 @@ public static class ShapesPairFilter
             else instructed = 0; // the captions do not differ in anything the grammar knows
         }
         double backgroundChange = bgA == bgB && stripedA == stripedB ? BackgroundChange(source, edit, bgA) : 0;
-        bool keep = instructed >= MinIoU && keptIoU >= MinIoU && backgroundChange <= MaxBackgroundChange;
+        bool keep = instructed >= minIoU && keptIoU >= minIoU && backgroundChange <= MaxBackgroundChange;
         return new PairScore(keep, instructed + keptIoU - backgroundChange / 255, new Dictionary<string, double>
         {
             ["instructed"] = Math.Round(instructed, 4), ["kept_iou"] = Math.Round(keptIoU, 4), ["background_change"] = Math.Round(backgroundChange, 3),

@@ -50,6 +50,32 @@ public class DatasetTests
     }
 
     [Fact]
+    public void The_shapes_filter_keeps_a_recolouring_by_its_measured_iou_and_the_threshold_can_be_raised()
+    {
+        // Drawn scenes: a red circle recoloured blue in place, and recoloured but moved 6 pixels (mask IoU 0.66).
+        var scenes = new Scenes(64);
+        Imaging.RgbImage Draw(string colour, double cx) =>
+            scenes.Render([("circle", colour, "large", cx, 30, 14), ("square", "green", "small", 52, 52, 8)], "white", false).Image;
+        var triplet = new Triplet("a large red circle and a small green square on a white background", "make the circle blue",
+                                  "a large blue circle and a small green square on a white background", "{}");
+        var source = Draw("red", 22);
+        var inPlace = ShapesPairFilter.Score(triplet, source, Draw("blue", 22), minIoU: 0.8);
+        Assert.True(inPlace.Keep);
+        Assert.Equal(1.0, inPlace.Measures["instructed"], 2);
+        Assert.Equal(1.0, inPlace.Measures["kept_iou"], 2);
+        var moved = Draw("blue", 28);
+        var loose = ShapesPairFilter.Score(triplet, source, moved);
+        var strict = ShapesPairFilter.Score(triplet, source, moved, minIoU: 0.8);
+        Assert.InRange(loose.Measures["instructed"], 0.5, 0.7);
+        Assert.True(loose.Keep);
+        Assert.False(strict.Keep);
+
+        Assert.Equal("--shapes-min-iou must be between 0 and 1; got 1.5.", Assert.Throws<UserError>(() => new DatasetSettings { ShapesMinIoU = 1.5 }.Validate()).Message);
+        Assert.Equal("--shapes-min-iou sets the shapes filter's threshold; it needs --filter shapes.",
+            Assert.Throws<UserError>(() => new DatasetSettings { ShapesMinIoU = 0.8, Filter = "none" }.Validate()).Message);
+    }
+
+    [Fact]
     public void The_shard_comes_from_the_options_or_from_slurm_or_kubernetes()
     {
         Assert.Equal(new Shard(0, 1), Shard.Resolve(null, null, _ => null));
