@@ -234,10 +234,7 @@ sealed class ConsoleProgress(string label) : IProgress<StepProgress>, IProgress<
     /// <summary>Set from the root command's <c>--progress</c> before a command runs.</summary>
     public static ProgressMode Mode { get; set; } = ProgressMode.Auto;
 
-    /// <summary><see cref="Mode"/> with auto resolved: a bar on a terminal, plain lines when stderr is redirected.</summary>
-    public static ProgressMode Resolved => Mode == ProgressMode.Auto ? (Console.IsErrorRedirected ? ProgressMode.Plain : ProgressMode.Bar) : Mode;
-
-    readonly ProgressMode _mode = Resolved;
+    readonly ProgressMode _mode = Mode == ProgressMode.Auto ? (Console.IsErrorRedirected ? ProgressMode.Plain : ProgressMode.Bar) : Mode;
     string? _phase;
     int _bucket = -1;
 
@@ -261,11 +258,14 @@ sealed class ConsoleProgress(string label) : IProgress<StepProgress>, IProgress<
             p.Step == p.Total && (p.InnerTotal == 0 || p.Inner == p.InnerTotal));
     }
 
+    /// <summary><paramref name="done"/> of <paramref name="total"/> samples (an evaluation's measure).</summary>
+    public void Report(int done, int total) => Write(label, done, total, "", done == total, "sample");
+
     public void Report(Datasets.DatasetProgress p) =>
         Write(label, p.RecordsDone, p.RecordsTotal, $"sample {p.InRecord}/{p.SamplesPerRecord}  {p.PairsKept} pairs kept  ETA {p.Remaining:h\\:mm\\:ss}",
             p.RecordsDone == p.RecordsTotal, "records");
 
-    internal static int TerminalWidth()
+    static int TerminalWidth()
     {
         try { return Math.Clamp(Console.BufferWidth - 1, 0, 110); }
         catch (IOException) { return 0; }
@@ -294,41 +294,20 @@ sealed class ConsoleProgress(string label) : IProgress<StepProgress>, IProgress<
 }
 
 /// <summary>
-/// Progress given as text ending in <c>k/n</c> (the evaluations' "canonical edits 3/20"), shown as <see cref="ConsoleProgress"/>
-/// shows steps: redrawn in place on a terminal, in a log a line for each further 5% of each phase, or nothing.
-/// Synchronous, so the lines keep their order.
+/// Progress given as text ending in <c>k/n</c> (the evaluations' "canonical edits 3/20"): each label's samples shown by
+/// a <see cref="ConsoleProgress"/> of that label. Synchronous, so the lines keep their order.
 /// </summary>
-sealed class StatusLine : IProgress<string>, IDisposable
+sealed class StatusLine : IProgress<string>
 {
-    static readonly System.Text.RegularExpressions.Regex Count = new(@"^(?<phase>.*?)\s*(?<k>\d+)/(?<n>\d+)\s*$");
-    readonly ProgressMode _mode = ConsoleProgress.Resolved;
-    (string Phase, int Bucket)? _last;
-    bool _open;
+    static readonly System.Text.RegularExpressions.Regex Count = new(@"^(?<label>.*?)\s*(?<k>\d+)/(?<n>\d+)$");
+    (string Label, ConsoleProgress Line)? _current;
 
     public void Report(string text)
     {
-        if (_mode == ProgressMode.Bar)
-        {
-            Console.Error.Write("\r" + text.PadRight(ConsoleProgress.TerminalWidth()));
-            _open = true;
-        }
-        else if (_mode == ProgressMode.Plain)
-        {
-            var m = Count.Match(text);
-            var at = m.Success && int.Parse(m.Groups["n"].Value) is > 0 and var n
-                ? (m.Groups["phase"].Value, int.Parse(m.Groups["k"].Value) * 20 / n) : (text, 0);
-            if (at == _last) return;
-            _last = at;
-            Console.Error.WriteLine(text);
-        }
+        var m = Count.Match(text);
+        if (!m.Success) return;
+        var label = m.Groups["label"].Value;
+        if (_current?.Label != label) _current = (label, new ConsoleProgress(label));
+        _current.Value.Line.Report(int.Parse(m.Groups["k"].Value), int.Parse(m.Groups["n"].Value));
     }
-
-    /// <summary>Ends the bar's line (before a table is printed).</summary>
-    public void EndLine()
-    {
-        if (_open) Console.Error.WriteLine();
-        _open = false;
-    }
-
-    public void Dispose() => EndLine();
 }

@@ -44,9 +44,8 @@ static class EvalInstructCommand
             Action<string, string[], RgbImage[]>? save = folder == null ? null : (name, captions, images) =>
                 Png.Save(Path.Combine(folder, $"instruct_{name}.png"), Grid.WithCaptions(images, captions, images.Length),
                     new Dictionary<string, string> { ["captions"] = string.Join(" | ", captions) });
-            using var status = new StatusLine();
+            var status = new StatusLine();
             var report = evaluation.Run(r.GetValue(samples), r.GetValue(p2pSamples), r.GetValue(seed), status, save);
-            status.EndLine();
             Console.WriteLine(report.ToTable());
             return 0;
         }));

@@ -56,27 +56,23 @@ static class EvalShapesCommand
                 Png.Save(Path.Combine(folder, $"edit_{name}.png"), Grid.WithCaptions(images,
                     images.Length == 4 ? [prompts[0], $"{prompts[1]} (injected)", "plain regeneration", "injected, local blend"] : prompts, images.Length),
                     new Dictionary<string, string> { ["prompts"] = string.Join(" | ", prompts) });
-            using var status = new StatusLine();
+            var status = new StatusLine();
             var report = evaluation.Run(r.GetValue(samples), r.GetValue(seed), status, save);
-            status.EndLine();
             Console.WriteLine(report.ToTable());
             if (r.GetValue(inversion) is > 0 and var n)
             {
                 var inverted = evaluation.MeasureInversion(n, r.GetValue(seed), status);
-                status.EndLine();
                 Console.WriteLine(inverted.ToTable());
             }
             if (r.GetValue(guided) is > 0 and var g)
             {
                 var guidedReport = new GuidanceEvaluation(pipeline, r.GetValue(steps), r.GetValue(guidance))
                     .Run(g, r.GetValue(seed), status);
-                status.EndLine();
                 Console.WriteLine(guidedReport.ToTable());
             }
             if (r.GetValue(zero) is > 0 and var z)
             {
                 var zeroReport = evaluation.MeasureZero(z, r.GetValue(seed), status, save);
-                status.EndLine();
                 Console.WriteLine(zeroReport.ToTable());
             }
             return 0;

@@ -110,15 +110,7 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
     public static int SampleSeed(long runSeed, int record, int sample) => Scenes.StableSeed(Scenes.StableSeed(runSeed, record), sample);
 
     /// <summary>The run's identity: everything that changes its output.</summary>
-    JsonObject Manifest(string promptsHash, int records)
-    {
-        var manifest = BaseManifest(promptsHash, records);
-        // Recorded only when it is not the default, so the folders of earlier runs keep their manifests.
-        if (settings.ShapesMinIoU != ShapesPairFilter.MinIoU) manifest["shapes_min_iou"] = settings.ShapesMinIoU;
-        return manifest;
-    }
-
-    JsonObject BaseManifest(string promptsHash, int records) => new()
+    JsonObject Manifest(string promptsHash, int records) => new()
     {
         ["format"] = Format, ["model"] = model.Fingerprint, ["dtype"] = model.Placement.DType.ToString().ToLowerInvariant(),
         ["prompts_sha256"] = promptsHash, ["records"] = records, ["seed"] = settings.Seed,
@@ -128,6 +120,8 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
         ["cross_range"] = new JsonArray(settings.CrossRange.Min, settings.CrossRange.Max),
         ["guidance_range"] = new JsonArray(settings.GuidanceRange.Min, settings.GuidanceRange.Max),
         ["filter"] = settings.Filter, ["scheduler"] = settings.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler),
+        // null at the default, which compares equal to the key's absence in the folders of earlier runs.
+        ["shapes_min_iou"] = settings.ShapesMinIoU == ShapesPairFilter.MinIoU ? null : settings.ShapesMinIoU,
         ["clip"] = clip is null ? null : new JsonObject
         {
             ["vision"] = JsonSerializer.SerializeToNode(clip.Model.VisionConfig), ["thresholds"] = JsonSerializer.SerializeToNode(clip.Thresholds),

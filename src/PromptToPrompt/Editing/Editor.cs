@@ -36,20 +36,11 @@ public sealed class Editor : IDisposable
     readonly Dictionary<string, PhotoInversion> _photos = new();
     readonly LatentPreview _preview = new();
 
-    readonly bool _ownsModel;
-
-    /// <summary>An editor of <paramref name="model"/> (which the caller keeps and disposes).</summary>
-    public Editor(StableDiffusionModel model, string modelName, string outputFolder, EditorLimits? limits = null, Action<string>? log = null)
-        : this(() => model, outputFolder, limits, log, modelName, ownsModel: false) { }
-
     /// <summary>
     /// An editor of the model <paramref name="load"/> makes, loaded on the job thread so that one thread does all the
     /// model's work (see <see cref="JobQueue"/>); the editor disposes it.
     /// </summary>
     public Editor(Func<StableDiffusionModel> load, string outputFolder, EditorLimits? limits = null, Action<string>? log = null)
-        : this(load, outputFolder, limits, log, null, ownsModel: true) { }
-
-    Editor(Func<StableDiffusionModel> load, string outputFolder, EditorLimits? limits, Action<string>? log, string? modelName, bool ownsModel)
     {
         Limits = limits ?? new EditorLimits();
         _log = log;
@@ -63,20 +54,18 @@ public sealed class Editor : IDisposable
         try
         {
             _model = Jobs.Invoke(load);
-            _ownsModel = ownsModel;
             _model.RequireTextToImage();
         }
         catch
         {
-            if (ownsModel) _model?.Dispose();
+            _model?.Dispose();
             Jobs.Dispose();
             throw;
         }
-        ModelName = modelName ?? _model.Name;
         _cache = new SourceCache(Limits.CacheBudgetMb, null, log);
     }
 
-    public string ModelName { get; }
+    public string ModelName => _model.Name;
     public string OutputFolder { get; }
     public EditorLimits Limits { get; }
     public JobQueue Jobs { get; }
@@ -332,6 +321,6 @@ public sealed class Editor : IDisposable
             _photos.Clear();
         }
         _cache.Dispose();
-        if (_ownsModel) _model.Dispose();
+        _model.Dispose();
     }
 }

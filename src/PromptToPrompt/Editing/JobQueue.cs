@@ -111,8 +111,9 @@ public sealed class JobContext(Job job) : IProgress<StepProgress>, IProgress<Inv
 /// </summary>
 public sealed class JobQueue : IDisposable
 {
-    readonly BlockingCollection<object> _pending;
-    readonly BlockingCollection<object> _invocations = new();
+    // The worker's two inputs, each item a piece of work: invocations are taken before waiting jobs.
+    readonly BlockingCollection<Action> _pending;
+    readonly BlockingCollection<Action> _invocations = new();
     readonly ConcurrentDictionary<string, Job> _jobs = new();
     readonly Thread _worker;
     readonly string _root;
@@ -126,7 +127,7 @@ public sealed class JobQueue : IDisposable
         if (capacity < 1) throw new UserError($"The job queue needs room for at least one job; got {capacity}.");
         _root = root;
         _log = log;
-        _pending = new BlockingCollection<object>(capacity);
+        _pending = new BlockingCollection<Action>(capacity);
         _worker = new Thread(Work) { IsBackground = true, Name = "p2p jobs" };
         _worker.Start();
     }
@@ -158,7 +159,7 @@ public sealed class JobQueue : IDisposable
         while (Directory.Exists(Path.Combine(_root, id)));
         var job = new Job(id, kind, Path.Combine(_root, id), work);
         _jobs[id] = job;
-        if (!_pending.TryAdd(job))
+        if (!_pending.TryAdd(() => Run(job)))
         {
             _jobs.TryRemove(id, out _);
             throw new QueueFullException(Capacity);
@@ -174,35 +175,38 @@ public sealed class JobQueue : IDisposable
     {
         while (true)
         {
-            object item;
-            try { BlockingCollection<object>.TakeFromAny([_invocations, _pending], out item); }
+            Action? work;
+            try { BlockingCollection<Action>.TakeFromAny([_invocations, _pending], out work); }
             catch (ArgumentException) { return; }   // both completed: disposed
-            if (item is Action invocation) { invocation(); continue; }
-            var job = (Job)item;
-            if (job.CancelRequested) { job.Set(JobState.Cancelled); continue; }
-            job.Set(JobState.Running);
-            var clock = Stopwatch.StartNew();
-            try
-            {
-                Directory.CreateDirectory(job.Folder);
-                var outcome = job.Work(new JobContext(job));
-                job.Set(JobState.Done, outcome: outcome);
-            }
-            catch (OperationCanceledException)
-            {
-                job.Set(JobState.Cancelled);
-            }
-            catch (UserError e)
-            {
-                job.Set(JobState.Failed, error: e.Message);
-            }
-            catch (Exception e)
-            {
-                job.Set(JobState.Failed, error: $"{e.GetType().Name}: {e.Message}");
-                _log?.Invoke($"job {job.Id} failed: {e}");
-            }
-            _log?.Invoke($"job {job.Id} ({job.Kind}) {job.State.ToString().ToLowerInvariant()} in {clock.Elapsed.TotalSeconds:F1} s");
+            work!();
         }
+    }
+
+    void Run(Job job)
+    {
+        if (job.CancelRequested) { job.Set(JobState.Cancelled); return; }
+        job.Set(JobState.Running);
+        var clock = Stopwatch.StartNew();
+        try
+        {
+            Directory.CreateDirectory(job.Folder);
+            var outcome = job.Work(new JobContext(job));
+            job.Set(JobState.Done, outcome: outcome);
+        }
+        catch (OperationCanceledException)
+        {
+            job.Set(JobState.Cancelled);
+        }
+        catch (UserError e)
+        {
+            job.Set(JobState.Failed, error: e.Message);
+        }
+        catch (Exception e)
+        {
+            job.Set(JobState.Failed, error: $"{e.GetType().Name}: {e.Message}");
+            _log?.Invoke($"job {job.Id} failed: {e}");
+        }
+        _log?.Invoke($"job {job.Id} ({job.Kind}) {job.State.ToString().ToLowerInvariant()} in {clock.Elapsed.TotalSeconds:F1} s");
     }
 
     public void Dispose()

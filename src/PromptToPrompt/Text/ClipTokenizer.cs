@@ -109,6 +109,9 @@ public sealed class ClipTokenizer
         return ids;
     }
 
+    /// <summary>The id of a vocabulary entry (such as <c>circle&lt;/w&gt;</c>), or null when the vocabulary has none.</summary>
+    public int? IdOf(string token) => _encoder.TryGetValue(token, out var id) ? id : null;
+
     /// <summary>`tokenizer.encode(text)`: BOS + ids + EOS, not truncated.</summary>
     public long[] Encode(string text) =>
         EncodeWithoutSpecials(text).Select(i => (long)i).Prepend(BosId).Append(EosId).ToArray();

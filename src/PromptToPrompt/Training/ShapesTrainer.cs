@@ -250,11 +250,9 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
     {
         using var init = StableDiffusionModel.Load(folder, new ModelPlacement(CPU, ScalarType.Float32));
         init.RequireTextToImage();
-        var oldVocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(Path.Combine(folder, "tokenizer", "vocab.json")))!;
-        int OldId(string token) =>
-            oldVocab.TryGetValue(token, out var id) ? id
-            : token.EndsWith("</w>") && Scenes.ShapeOf(token[..^4]) is string shape && oldVocab.TryGetValue(shape + "</w>", out var shapeId) ? shapeId
-            : -1;
+        int? OldId(string token) => init.Tokenizer.IdOf(token)
+            ?? (token.EndsWith("</w>") && Scenes.ShapeOf(token[..^4]) is string shape ? init.Tokenizer.IdOf(shape + "</w>") : null);
+        var rows = vocab.Select(t => (New: (long)t.Value, Old: OldId(t.Key))).Where(r => r.Old is not null).ToList();
         using var scope = NewDisposeScope();
         using (no_grad())
             foreach (var (target, source) in new (nn.Module, nn.Module)[] { (vae, init.Vae), (unet, init.UNet), (text, init.TextEncoder) })
@@ -266,9 +264,7 @@ public sealed class ShapesTrainer(ShapesTrainingOptions options, Action<string>?
                     if (!from.TryGetValue(name, out var value) || (embedding ? value.shape[1] != parameter.shape[1] : !value.shape.SequenceEqual(parameter.shape)))
                         throw new UserError($"--init {folder} is not a model of train-shapes' architecture ({name} differs); give a folder this command wrote (such as models/shapes).");
                     if (!embedding) parameter.copy_(value);
-                    else
-                        foreach (var (token, id) in vocab)
-                            if (OldId(token) is var old and >= 0) parameter[id].copy_(value[old]);
+                    else parameter.index_copy_(0, tensor(rows.Select(r => r.New).ToArray()), value.index_select(0, tensor(rows.Select(r => (long)r.Old!.Value).ToArray())));
                 }
             }
         return init.Vae.Config.ScalingFactor;
