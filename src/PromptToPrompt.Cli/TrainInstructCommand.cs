@@ -17,14 +17,15 @@ static class TrainInstructCommand
         var steps = new Option<int>("--steps") { Description = "Training steps (rerun with more to train a finished model further).", DefaultValueFactory = _ => defaults.Steps };
         var batch = new Option<int>("--batch") { Description = "Pairs per step.", DefaultValueFactory = _ => defaults.Batch };
         var rate = new Option<double>("--learning-rate") { Description = "AdamW learning rate (constant).", DefaultValueFactory = _ => defaults.LearningRate };
+        var flip = new Option<bool>("--random-flip") { Description = "Also train on every pair mirrored left to right (as diffusers' --random_flip)." };
         var command = new Command("train-instruct", "Train an InstructPix2Pix model from a text-to-image model and a p2p dataset (saved as a diffusers folder).")
         {
-            data, output, init, minutes, seed, steps, batch, rate,
+            data, output, init, minutes, seed, steps, batch, rate, flip,
         };
         command.SetAction(r => CliSupport.Run(() =>
         {
             var options = new InstructTrainingOptions(r.GetValue(data)!, r.GetValue(output)!, r.GetValue(init) ?? CliSupport.DefaultModel(), r.GetValue(seed),
-                r.GetValue(steps), r.GetValue(batch), r.GetValue(minutes), r.GetValue(rate));
+                r.GetValue(steps), r.GetValue(batch), r.GetValue(minutes), r.GetValue(rate), RandomFlip: r.GetValue(flip));
             return TrainShapesCommand.RunResumable(new InstructTrainer(options, CliSupport.Warn).Run);
         }));
         return command;

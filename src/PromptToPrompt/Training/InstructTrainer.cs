@@ -15,7 +15,7 @@ namespace PromptToPrompt.Training;
 /// </summary>
 public sealed record InstructTrainingOptions(
     string DataDir, string OutDir, string InitModel, long Seed = 0, int Steps = 4000, int Batch = 32, double? Minutes = null,
-    double LearningRate = 2e-4, double ConditioningDropout = 0.05, int CheckpointEverySteps = 500)
+    double LearningRate = 2e-4, double ConditioningDropout = 0.05, int CheckpointEverySteps = 500, bool RandomFlip = false)
 {
     public void Validate()
     {
@@ -43,7 +43,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
     string Checkpoint(string name) => Path.Combine(options.OutDir, "checkpoint", name);
 
     /// <summary>What a checkpoint was trained on; a resume with other data or another start is refused.</summary>
-    sealed record State(int Step, double ElapsedSeconds, int Pairs, string Init, long Seed, int Batch);
+    sealed record State(int Step, double ElapsedSeconds, int Pairs, string Init, long Seed, int Batch, bool RandomFlip = false);
 
     /// <summary>
     /// A copy of <paramref name="unet"/> whose <c>conv_in</c> takes <paramref name="extraChannels"/> more input channels:
@@ -87,11 +87,12 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var pairs = DatasetIndex.ReadPairs(options.DataDir);
         using var init = StableDiffusionModel.Load(options.InitModel, new ModelPlacement(CPU, ScalarType.Float32), log);
         init.RequireTextToImage();
-        var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch);
-        var expected = state with { Pairs = pairs.Count, Init = init.Name, Seed = options.Seed, Batch = options.Batch };
+        var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip);
+        var expected = state with { Pairs = pairs.Count, Init = init.Name, Seed = options.Seed, Batch = options.Batch, RandomFlip = options.RandomFlip };
+        static string Flip(bool on) => on ? "random flip" : "no flip";
         if (state != expected)
-            throw new UserError($"{options.OutDir} holds a training run with other settings (pairs {state.Pairs}, init {state.Init}, seed {state.Seed}, batch {state.Batch}; " +
-                                $"now pairs {pairs.Count}, init {init.Name}, seed {options.Seed}, batch {options.Batch}). Use another --out, or delete {Checkpoint("")}.");
+            throw new UserError($"{options.OutDir} holds a training run with other settings (pairs {state.Pairs}, init {state.Init}, seed {state.Seed}, batch {state.Batch}, {Flip(state.RandomFlip)}; " +
+                                $"now pairs {pairs.Count}, init {init.Name}, seed {options.Seed}, batch {options.Batch}, {Flip(options.RandomFlip)}). Use another --out, or delete {Checkpoint("")}.");
         if (state.Step >= options.Steps && state.Step > 0)
         {
             log?.Invoke($"{options.OutDir} is already trained ({state.Step} steps); pass a larger --steps to train it further.");
@@ -112,7 +113,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
                     WeightLoader.Load(module, source, CPU, ScalarType.Float32, trainable: true);
             log?.Invoke($"resuming at step {state.Step}");
         }
-        var (imageLatents, editLatents) = Encode(init, pairs);
+        var (imageLatents, editLatents) = Encode(init, pairs, options.RandomFlip);
         using var _1 = imageLatents;
         using var _2 = editLatents;
         var tokenizer = init.Tokenizer;
@@ -152,14 +153,15 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
             using var scope = NewDisposeScope();
             using var pause = CollectionPause.Begin();
             using var g = new Generator((ulong)(options.Seed * 9_000_011 + step), CPU);
-            var index = randint(0, pairs.Count, [options.Batch], generator: g);
+            // With --random-flip a sample is one of 2N: the pairs, then the same pairs mirrored left to right.
+            var index = randint(0, imageLatents.shape[0], [options.Batch], generator: g);
             var x0 = editLatents.index_select(0, index);
             var noise = randn(x0.shape, generator: g);
             var t = randint(0, init.Scheduler.NumTrainTimesteps, [options.Batch], generator: g);
             var xt = sqrtA[t].reshape(-1, 1, 1, 1) * x0 + sqrtB[t].reshape(-1, 1, 1, 1) * noise;
             var dropped = rand([options.Batch], generator: g).data<float>().ToArray().Select(u => Dropped(u, p)).ToArray();
             var indices = index.data<long>().ToArray();
-            var ids = tensor(indices.Select((k, i) => dropped[i].Text ? emptyIds : instructionIds[k]).SelectMany(x => x).ToArray(), [options.Batch, tokenizer.MaxLength]);
+            var ids = tensor(indices.Select((k, i) => dropped[i].Text ? emptyIds : instructionIds[k % pairs.Count]).SelectMany(x => x).ToArray(), [options.Batch, tokenizer.MaxLength]);
             var keepImage = tensor(dropped.Select(d => d.Image ? 0f : 1f).ToArray()).reshape(-1, 1, 1, 1);
             var image = imageLatents.index_select(0, index) * keepImage;
             var predicted = unet.forward(cat([xt, image], 1), t.to(ScalarType.Float32), text.forward(ids));
@@ -184,18 +186,28 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         log?.Invoke($"instruction model written to {options.OutDir} ({pairs.Count} pairs, {(elapsedBefore + clock.Elapsed.TotalSeconds) / 60:0.0} min in all)");
     }
 
-    /// <summary>Input images' latents (posterior mean, unscaled) and edited images' latents (mean x scaling factor), [N, C, h, w].</summary>
-    static (Tensor Image, Tensor Edit) Encode(StableDiffusionModel model, List<InstructionPair> pairs)
+    /// <summary>
+    /// Input images' latents (posterior mean, unscaled) and edited images' latents (mean x scaling factor), [N, C, h, w];
+    /// with <paramref name="mirrored"/> [2N, C, h, w], the second half encoded from the images flipped left to right (the
+    /// grammar names no positions, so a mirrored pair is as true as the pair).
+    /// </summary>
+    public static (Tensor Image, Tensor Edit) Encode(StableDiffusionModel model, List<InstructionPair> pairs, bool mirrored)
     {
         using var _ = no_grad();
         var image = new List<Tensor>();
         var edit = new List<Tensor>();
-        foreach (var chunk in pairs.Chunk(64))
-            using (var scope = NewDisposeScope())
-            {
-                image.Add(model.Vae.Encode(cat(chunk.Select(p => p.Input.ToTensor()).ToArray(), 0)).Mean.MoveToOuterDisposeScope());
-                edit.Add((model.Vae.Encode(cat(chunk.Select(p => p.Edited.ToTensor()).ToArray(), 0)).Mean * model.Vae.Config.ScalingFactor).MoveToOuterDisposeScope());
-            }
+        foreach (var flip in mirrored ? [false, true] : new[] { false })
+            foreach (var chunk in pairs.Chunk(64))
+                using (var scope = NewDisposeScope())
+                {
+                    Tensor Pixels(Func<InstructionPair, Imaging.RgbImage> side)
+                    {
+                        var x = cat(chunk.Select(p => side(p).ToTensor()).ToArray(), 0);
+                        return flip ? x.flip(3) : x;
+                    }
+                    image.Add(model.Vae.Encode(Pixels(p => p.Input)).Mean.MoveToOuterDisposeScope());
+                    edit.Add((model.Vae.Encode(Pixels(p => p.Edited)).Mean * model.Vae.Config.ScalingFactor).MoveToOuterDisposeScope());
+                }
         var result = (cat(image, 0), cat(edit, 0));
         foreach (var x in image.Concat(edit)) x.Dispose();
         return result;

@@ -117,6 +117,41 @@ public class InstructTrainerTests
         Assert.Contains("seed 5", error.Message);
     }
 
+    static Imaging.RgbImage Mirrored(Imaging.RgbImage image)
+    {
+        var pixels = new byte[image.Pixels.Length];
+        for (int y = 0; y < image.Height; y++)
+            for (int x = 0; x < image.Width; x++)
+                Array.Copy(image.Pixels, (y * image.Width + x) * 3, pixels, (y * image.Width + image.Width - 1 - x) * 3, 3);
+        return image with { Pixels = pixels };
+    }
+
+    [Fact]
+    public void Random_flip_adds_the_mirrored_pairs_and_belongs_to_the_run()
+    {
+        using var dir = new TempDir();
+        WriteDataset(dir.Path, 2);
+        var pairs = DatasetIndex.ReadPairs(dir.File("dataset"));
+        using var model = StableDiffusionModel.Load(ShippedModelTests.Folder, ModelPlacement.Cpu);
+        var (image, edit) = InstructTrainer.Encode(model, pairs, mirrored: true);
+        var (plainImage, plainEdit) = InstructTrainer.Encode(model, pairs, mirrored: false);
+        var (mirrorImage, mirrorEdit) = InstructTrainer.Encode(model, pairs.Select(p => p with { Input = Mirrored(p.Input), Edited = Mirrored(p.Edited) }).ToList(), mirrored: false);
+        Assert.Equal(new long[] { 4, 4, 16, 16 }, image.shape);
+        Assert.Equal(new long[] { 2, 4, 16, 16 }, plainEdit.shape);
+        // The first half is the pairs, the second the pairs mirrored left to right (encoded from the mirrored pixels).
+        Assert.True(image.narrow(0, 0, 2).eq(plainImage).all().item<bool>() && edit.narrow(0, 0, 2).eq(plainEdit).all().item<bool>());
+        Assert.True((image.narrow(0, 2, 2) - mirrorImage).abs().max().item<float>() < 1e-5f);
+        Assert.True((edit.narrow(0, 2, 2) - mirrorEdit).abs().max().item<float>() < 1e-5f);
+        Assert.False((image.narrow(0, 2, 2) - plainImage).abs().max().item<float>() < 1e-2f);
+
+        // The flip is a setting of the run: a resume without it is refused, naming it.
+        var output = dir.File("flipped");
+        new InstructTrainer(Tiny(dir.File("dataset"), output) with { RandomFlip = true, Steps = 1 }).Run();
+        var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), output) with { Steps = 2 }).Run());
+        Assert.Contains("batch 2, random flip; now pairs 2", error.Message);
+        Assert.Contains("batch 2, no flip).", error.Message);
+    }
+
     [Fact]
     public void Bad_data_and_folders_are_refused_with_one_line()
     {
