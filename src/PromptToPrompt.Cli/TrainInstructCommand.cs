@@ -18,14 +18,15 @@ static class TrainInstructCommand
         var batch = new Option<int>("--batch") { Description = "Pairs per step.", DefaultValueFactory = _ => defaults.Batch };
         var rate = new Option<double>("--learning-rate") { Description = "AdamW learning rate (constant).", DefaultValueFactory = _ => defaults.LearningRate };
         var flip = new Option<bool>("--random-flip") { Description = "Also train on every pair mirrored left to right (as diffusers' --random_flip)." };
+        var convIn = new Option<double?>("--conv-in-learning-rate") { Description = "Learning rate of the UNet's conv_in, which holds the new image channels (default: --learning-rate)." };
         var command = new Command("train-instruct", "Train an InstructPix2Pix model from a text-to-image model and a p2p dataset (saved as a diffusers folder).")
         {
-            data, output, init, minutes, seed, steps, batch, rate, flip,
+            data, output, init, minutes, seed, steps, batch, rate, flip, convIn,
         };
         command.SetAction(r => CliSupport.Run(() =>
         {
             var options = new InstructTrainingOptions(r.GetValue(data)!, r.GetValue(output)!, r.GetValue(init) ?? CliSupport.DefaultModel(), r.GetValue(seed),
-                r.GetValue(steps), r.GetValue(batch), r.GetValue(minutes), r.GetValue(rate), RandomFlip: r.GetValue(flip));
+                r.GetValue(steps), r.GetValue(batch), r.GetValue(minutes), r.GetValue(rate), RandomFlip: r.GetValue(flip), ConvInLearningRate: r.GetValue(convIn));
             return TrainShapesCommand.RunResumable(new InstructTrainer(options, CliSupport.Warn).Run);
         }));
         return command;

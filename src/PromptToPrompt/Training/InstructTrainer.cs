@@ -15,7 +15,8 @@ namespace PromptToPrompt.Training;
 /// </summary>
 public sealed record InstructTrainingOptions(
     string DataDir, string OutDir, string InitModel, long Seed = 0, int Steps = 4000, int Batch = 32, double? Minutes = null,
-    double LearningRate = 2e-4, double ConditioningDropout = 0.05, int CheckpointEverySteps = 500, bool RandomFlip = false)
+    double LearningRate = 2e-4, double ConditioningDropout = 0.05, int CheckpointEverySteps = 500, bool RandomFlip = false,
+    double? ConvInLearningRate = null)
 {
     public void Validate()
     {
@@ -24,6 +25,7 @@ public sealed record InstructTrainingOptions(
         Check(Batch >= 1 && CheckpointEverySteps >= 1, "the batch size and the checkpoint interval must be at least 1.");
         Check(Minutes is null or >= 0 && (Minutes is null || double.IsFinite(Minutes.Value)), "--minutes must be a finite number of 0 or more.");
         Check(double.IsFinite(LearningRate) && LearningRate > 0, $"--learning-rate must be a positive number; got {LearningRate}.");
+        Check(ConvInLearningRate is null || double.IsFinite(ConvInLearningRate.Value) && ConvInLearningRate > 0, $"--conv-in-learning-rate must be a positive number; got {ConvInLearningRate}.");
         Check(ConditioningDropout is >= 0 and <= 1.0 / 3, "the conditioning dropout must be between 0 and 1/3 (it is applied three times: text, image, both).");
     }
 }
@@ -141,7 +143,11 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         text.train();
         var parameters = unet.parameters().Concat(text.parameters()).ToList();
         foreach (var parameter in parameters) parameter.requires_grad = true;
-        using var optimizer = optim.AdamW(parameters, lr: options.LearningRate, weight_decay: 1e-4);
+        // conv_in, which holds the new image channels, may learn at its own rate.
+        var convIn = unet.named_parameters().Where(p => p.name.StartsWith("conv_in.")).Select(p => p.parameter).ToList();
+        using var optimizer = optim.AdamW([
+            new TorchSharp.Modules.AdamW.ParamGroup(convIn, lr: options.ConvInLearningRate ?? options.LearningRate, weight_decay: 1e-4),
+            new TorchSharp.Modules.AdamW.ParamGroup(parameters.Except(convIn), lr: options.LearningRate, weight_decay: 1e-4)]);
         if (state.Step > 0 && File.Exists(Checkpoint("optimizer"))) optimizer.load_state_dict(Checkpoint("optimizer"));
         var alphas = new Schedulers.NoiseSchedule(init.Scheduler).AlphasCumprod;
         using var sqrtA = tensor(alphas.Select(a => MathF.Sqrt(a)).ToArray());

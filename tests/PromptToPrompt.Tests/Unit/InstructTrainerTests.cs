@@ -153,6 +153,33 @@ public class InstructTrainerTests
     }
 
     [Fact]
+    public void Conv_in_learns_at_its_own_rate()
+    {
+        using var dir = new TempDir();
+        WriteDataset(dir.Path, 2);
+        var still = dir.File("still");
+        var plain = dir.File("plain");
+        new InstructTrainer(Tiny(dir.File("dataset"), still) with { Steps = 1, ConvInLearningRate = 1e-12 }).Run();
+        new InstructTrainer(Tiny(dir.File("dataset"), plain) with { Steps = 1 }).Run();
+        using var a = StableDiffusionModel.Load(still, ModelPlacement.Cpu);
+        using var b = StableDiffusionModel.Load(plain, ModelPlacement.Cpu);
+        var wa = a.UNet.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var wb = b.UNet.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        // One AdamW step moves a weight by about its rate: 1e-12 leaves the new image channels zero (in the fp16 folder),
+        // the default 2e-4 does not; the first step's gradients are the same, so every other weight moved alike.
+        Assert.Equal(0f, wa["conv_in.weight"].narrow(1, 4, 4).abs().max().item<float>());
+        Assert.True(wb["conv_in.weight"].narrow(1, 4, 4).abs().min().item<float>() > 1e-4f);
+        Assert.True(wa["conv_out.weight"].eq(wb["conv_out.weight"]).all().item<bool>());
+        Assert.False(wa["conv_out.weight"].eq(ShippedWeights("conv_out.weight")).all().item<bool>());
+    }
+
+    static Tensor ShippedWeights(string name)
+    {
+        using var model = StableDiffusionModel.Load(ShippedModelTests.Folder, ModelPlacement.Cpu);
+        return model.UNet.named_parameters().First(p => p.name == name).parameter.detach().clone();
+    }
+
+    [Fact]
     public void Bad_data_and_folders_are_refused_with_one_line()
     {
         using var dir = new TempDir();
@@ -175,6 +202,8 @@ public class InstructTrainerTests
             Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("out")) with { InitModel = file }).Run()).Message);
         Assert.Equal("--steps must be 0 or more; got -1.",
             Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("out")) with { Steps = -1 }).Run()).Message);
+        Assert.Equal("--conv-in-learning-rate must be a positive number; got 0.",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("out")) with { ConvInLearningRate = 0 }).Run()).Message);
         Assert.False(Directory.Exists(dir.File("out")));
     }
 }
