@@ -147,8 +147,16 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var convIn = unet.named_parameters().Where(p => p.name.StartsWith("conv_in.")).Select(p => p.parameter).ToList();
         using var optimizer = optim.AdamW([
             new TorchSharp.Modules.AdamW.ParamGroup(convIn, lr: options.ConvInLearningRate ?? options.LearningRate, weight_decay: 1e-4),
-            new TorchSharp.Modules.AdamW.ParamGroup(parameters.Except(convIn), lr: options.LearningRate, weight_decay: 1e-4)]);
-        if (state.Step > 0 && File.Exists(Checkpoint("optimizer"))) optimizer.load_state_dict(Checkpoint("optimizer"));
+            new TorchSharp.Modules.AdamW.ParamGroup(parameters.Except(convIn).ToList(), lr: options.LearningRate, weight_decay: 1e-4)]);
+        if (state.Step > 0 && File.Exists(Checkpoint("optimizer")))
+        {
+            try { optimizer.load_state_dict(Checkpoint("optimizer")); }
+            catch (ArgumentException e)
+            {
+                throw new UserError($"The optimizer state {Checkpoint("optimizer")} does not fit this trainer ({e.Message.TrimEnd('.')}; runs before " +
+                                    $"--conv-in-learning-rate kept one parameter group). Delete the folder {Checkpoint("")} to train from the start.");
+            }
+        }
         var alphas = new Schedulers.NoiseSchedule(init.Scheduler).AlphasCumprod;
         using var sqrtA = tensor(alphas.Select(a => MathF.Sqrt(a)).ToArray());
         using var sqrtB = tensor(alphas.Select(a => MathF.Sqrt(1 - a)).ToArray());

@@ -150,6 +150,14 @@ public class InstructTrainerTests
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), output) with { Steps = 2 }).Run());
         Assert.Contains("batch 2, random flip; now pairs 2", error.Message);
         Assert.Contains("batch 2, no flip).", error.Message);
+
+        // An optimizer state of another layout (one parameter group, as runs before --conv-in-learning-rate wrote).
+        using (var other = optim.AdamW(nn.Linear(2, 2).parameters(), lr: 1e-3))
+            other.save_state_dict(Path.Combine(output, "checkpoint", "optimizer"));
+        var stale = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), output) with { RandomFlip = true, Steps = 2 }).Run());
+        Assert.Equal($"The optimizer state {Path.Combine(output, "checkpoint", "optimizer")} does not fit this trainer (Invalid optimizer state -- different number " +
+                     $"of parameter groups; runs before --conv-in-learning-rate kept one parameter group). Delete the folder {Path.Combine(output, "checkpoint", "")} to train from the start.",
+            stale.Message);
     }
 
     [Fact]
