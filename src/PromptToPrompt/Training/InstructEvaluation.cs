@@ -14,8 +14,8 @@ namespace PromptToPrompt.Training;
 public sealed record InstructMethodReport(int Samples, double Passed, double Instructed, double KeptIoU, double BackgroundChange, double Seconds);
 
 /// <summary>
-/// A recolouring measured against the drawn object: the new colour where the object is (the palette colour nearest the
-/// mean of its drawn pixels), the IoU of the new colour's mask with the drawn mask, and the share with both (IoU ≥ 0.8).
+/// Recolourings measured against the drawn object (<see cref="InstructEvaluation.RecolourMeasures"/>): the share with the
+/// new colour where the object is, the mean IoU of the new colour's mask with the drawn mask, and the share with both (IoU ≥ 0.8).
 /// </summary>
 public sealed record RecolourReport(double NewColour, double MaskIoU, double Both);
 
@@ -96,10 +96,8 @@ public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableD
                 if (kind == "colour")
                 {
                     int changed = Changed(objects, edited);
-                    var mask = scene.Objects[changed].Mask;
                     for (int m = 0; m < images.Count - 1; m++)
-                        recolour[m].Add((ShapesEvaluation.MaskColour(images[m + 1], mask) == edited[changed].Colour,
-                            ShapesEvaluation.IoU(ShapesEvaluation.ObjectMask(images[m + 1], scene.Background, edited[changed].Colour), mask)));
+                        recolour[m].Add(RecolourMeasures(scene, changed, edited[changed].Colour, images[m + 1]));
                 }
                 showEdit?.Invoke($"{kind}_{i:000}", [caption, $"\"{instruction}\"", .. images.Count > 2 ? new[] { $"P2P: {target}" } : []], [.. images]);
                 progress?.Report($"{kind} {i + 1}/{samples}");
@@ -114,6 +112,21 @@ public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableD
     static InstructMethodReport Summary(List<(PairScore Score, double Seconds)> s) => new(s.Count,
         s.Average(x => x.Score.Keep ? 1.0 : 0), s.Average(x => x.Score.Measures["instructed"]), s.Average(x => x.Score.Measures["kept_iou"]),
         s.Average(x => x.Score.Measures["background_change"]), s.Average(x => x.Seconds));
+
+    /// <summary>
+    /// A recolouring of object <paramref name="changed"/> of a drawn scene to <paramref name="colour"/>: whether the
+    /// palette colour nearest the mean of the edit's pixels in the drawn mask is the new colour, and the IoU with the
+    /// drawn mask of the edit's pixels nearest to the new colour among the scene's colours (background, the objects'
+    /// colours before and after), pixels of another object of that colour left out. The drawn scene recoloured scores 1.
+    /// </summary>
+    public static (bool Colour, double IoU) RecolourMeasures(Scene scene, int changed, string colour, RgbImage edit)
+    {
+        var drawn = scene.Objects[changed].Mask;
+        var mask = ShapesEvaluation.ObjectMask(edit, scene.Background, colour, scene.Objects.Select(o => o.Colour));
+        foreach (var other in scene.Objects.Where((o, j) => j != changed && o.Colour == colour))
+            for (int p = 0; p < mask.Length; p++) mask[p] &= !other.Mask[p];
+        return (ShapesEvaluation.MaskColour(edit, drawn) == colour, ShapesEvaluation.IoU(mask, drawn));
+    }
 
     /// <summary>The index of the object an edit changed (a recolouring changes exactly one).</summary>
     static int Changed(List<(string Shape, string Colour, string SizeWord)> before, List<(string Shape, string Colour, string SizeWord)> after) =>

@@ -341,20 +341,24 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
     }
 
     /// <summary>
-    /// Pixels nearer to the object colour than to the background along the line between them (the half-contrast
-    /// edge): the mask of a shape, independent of how strongly its colour contrasts with the background, so a
-    /// black star and the same star in blue give the same mask however soft the decoder draws the edge.
+    /// Pixels whose colour is nearest to the object's among the scene's colours: the background and the colours of the
+    /// scene's other objects (<paramref name="otherColours"/>, e.g. the colours both captions of a pair name). With the
+    /// background alone this is the half-contrast edge (the bisector between the two colours): the mask of a shape,
+    /// independent of how strongly its colour contrasts with the background, so a black star and the same star in blue
+    /// give the same mask however soft the decoder draws the edge. The other colours keep a second object out of the
+    /// mask when its colour lies past that edge too (a red circle is past the half-contrast edge of purple on black).
     /// </summary>
-    public static bool[] ObjectMask(RgbImage image, string background, string colour)
+    public static bool[] ObjectMask(RgbImage image, string background, string colour, params IEnumerable<string> otherColours)
     {
-        var (br, bg, bb) = Scenes.BackgroundColours[background];
-        var (or, og, ob) = Scenes.Colours[colour];
-        double vr = or - br, vg = og - bg, vb = ob - bb, norm = vr * vr + vg * vg + vb * vb;
+        var target = Scenes.Colours[colour];
+        var rivals = otherColours.Select(c => Scenes.Colours[c]).Append(Scenes.BackgroundColours[background]).Where(c => c != target).Distinct().ToArray();
         var mask = new bool[image.Width * image.Height];
         for (int i = 0; i < mask.Length; i++)
         {
-            double t = ((image.Pixels[3 * i] - br) * vr + (image.Pixels[3 * i + 1] - bg) * vg + (image.Pixels[3 * i + 2] - bb) * vb) / norm;
-            mask[i] = t > 0.5;
+            int r = image.Pixels[3 * i], g = image.Pixels[3 * i + 1], b = image.Pixels[3 * i + 2];
+            double Distance((byte R, byte G, byte B) c) => (r - c.R) * (r - c.R) + (g - c.G) * (g - c.G) + (b - c.B) * (b - c.B);
+            double own = Distance(target);
+            mask[i] = rivals.All(c => own < Distance(c));
         }
         return mask;
     }

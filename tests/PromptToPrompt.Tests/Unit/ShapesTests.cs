@@ -119,6 +119,23 @@ public class ScenesTests
         Assert.True(ShapesEvaluation.Mask(black, "white").Count(m => m) > ShapesEvaluation.Mask(blue, "white").Count(m => m));
     }
 
+    [Fact]
+    public void A_recolouring_drawn_exactly_scores_iou_1_with_another_object_past_the_half_contrast_edge()
+    {
+        // A blue circle to be made purple beside a red square on black: red lies past the half-contrast edge between
+        // black and purple, so the background-only mask of purple takes in the whole square too.
+        var scenes = new Scenes(64);
+        Scene Draw(string circle, string square) => scenes.Render([("circle", circle, "large", 20, 20, 12), ("square", square, "large", 46, 46, 10)], "black", false);
+        var (scene, recoloured) = (Draw("blue", "red"), Draw("purple", "red"));
+        var square = scene.Objects[1].Mask.Count(m => m);
+        Assert.Equal(square, ShapesEvaluation.ObjectMask(recoloured.Image, "black", "purple").Zip(scene.Objects[1].Mask, (a, b) => a && b).Count(m => m));
+        Assert.Equal((true, 1.0), InstructEvaluation.RecolourMeasures(scene, 0, "purple", recoloured.Image));
+        Assert.Equal((false, 0.0), InstructEvaluation.RecolourMeasures(scene, 0, "purple", scene.Image)); // left blue
+        // The new colour is the other object's: that object is left out, not counted as a spill.
+        var (second, sameAsSquare) = (Draw("blue", "purple"), Draw("purple", "purple"));
+        Assert.Equal((true, 1.0), InstructEvaluation.RecolourMeasures(second, 0, "purple", sameAsSquare.Image));
+    }
+
     static RgbImage BoxBlur(RgbImage image, int radius = 2)
     {
         var pixels = new byte[image.Pixels.Length];
