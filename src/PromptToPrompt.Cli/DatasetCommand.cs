@@ -41,6 +41,11 @@ static class DatasetCommand
         var size = new Option<int?>("--size") { Description = "Image size (default: the model's)." };
         var seed = new Option<long>("--seed") { Description = "Run seed; each sample's seed derives from (run seed, record, sample).", DefaultValueFactory = _ => 0 };
         var schedule = new Option<string>("--schedule") { Description = "ip2p (InstructPix2Pix: self-attention only, for p ~ U(self range) of the steps) or p2p (the paper's: cross and self).", DefaultValueFactory = _ => "ip2p" };
+        var source = new Option<string>("--source")
+        {
+            Description = "model (the input image generated from the input caption) or drawn (the caption drawn by the scene generator, inverted with direct inversion and edited; scene-grammar captions).",
+            DefaultValueFactory = _ => "model",
+        };
         var selfRange = new Option<string>("--self-range") { Description = "MIN,MAX of the self-attention injection fraction.", DefaultValueFactory = _ => "0.1,0.9" };
         var crossRange = new Option<string>("--cross-range") { Description = "MIN,MAX of the cross-attention injection fraction (p2p schedule).", DefaultValueFactory = _ => "0.6,0.9" };
         var guidanceRange = new Option<string>("--guidance-range") { Description = "MIN,MAX of the guidance scale.", DefaultValueFactory = _ => "7.5,15" };
@@ -61,7 +66,7 @@ static class DatasetCommand
         var modelOptions = CliSupport.ModelOptions.Create();
         var command = new Command("generate", "Make Prompt-to-Prompt pairs for each triplet, filter them, keep the best (resumable, shardable).")
         {
-            model, prompts, output, samples, keep, steps, size, seed, schedule, selfRange, crossRange, guidanceRange, filter, scheduler, shardIndex, shardCount, skipBad, saveRejected, shapesMinIoU, clipModel, clipCaption, clipImage, clipDirection,
+            model, prompts, output, samples, keep, steps, size, seed, schedule, source, selfRange, crossRange, guidanceRange, filter, scheduler, shardIndex, shardCount, skipBad, saveRejected, shapesMinIoU, clipModel, clipCaption, clipImage, clipDirection,
         };
         foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
@@ -74,6 +79,12 @@ static class DatasetCommand
                     "ip2p" => PairSchedule.InstructPix2Pix,
                     "p2p" => PairSchedule.PromptToPrompt,
                     var s => throw new UserError($"Unknown --schedule '{s}'. Use ip2p or p2p."),
+                },
+                Source = r.GetValue(source) switch
+                {
+                    "model" => PairSource.Model,
+                    "drawn" => PairSource.Drawn,
+                    var s => throw new UserError($"Unknown --source '{s}'. Use model or drawn."),
                 },
                 SelfRange = Range(r.GetValue(selfRange)!, "--self-range"), CrossRange = Range(r.GetValue(crossRange)!, "--cross-range"),
                 GuidanceRange = Range(r.GetValue(guidanceRange)!, "--guidance-range"), Filter = r.GetValue(filter)!, Scheduler = r.GetValue(scheduler),

@@ -22,6 +22,14 @@ namespace PromptToPrompt.Datasets;
 /// </summary>
 public enum PairSchedule { InstructPix2Pix, PromptToPrompt }
 
+/// <summary>
+/// Where a pair's input image comes from. <see cref="Model"/>: generated from the input caption (the paper's pairs, both
+/// sides generated). <see cref="Drawn"/>: the input caption drawn by the scene generator (<see cref="Scenes.Draw"/>;
+/// captions of its grammar only), inverted with direct inversion and edited from there, so the pair's input is the
+/// drawn scene itself — what an instruction model is given at use on photos rather than generations.
+/// </summary>
+public enum PairSource { Model, Drawn }
+
 /// <summary>The settings of a dataset run. Every field that changes the output is recorded in the run's dataset.json.</summary>
 public sealed record DatasetSettings
 {
@@ -32,6 +40,7 @@ public sealed record DatasetSettings
     public int? Size { get; init; }
     public long Seed { get; init; }
     public PairSchedule Schedule { get; init; } = PairSchedule.InstructPix2Pix;
+    public PairSource Source { get; init; } = PairSource.Model;
     public (double Min, double Max) SelfRange { get; init; } = (0.1, 0.9);
     public (double Min, double Max) CrossRange { get; init; } = (0.6, 0.9);
     public (double Min, double Max) GuidanceRange { get; init; } = (7.5, 15);
@@ -50,6 +59,8 @@ public sealed record DatasetSettings
         if (Steps < 1) throw new UserError($"--steps must be at least 1; got {Steps}.");
         if (Filter is not ("shapes" or "clip" or "none")) throw new UserError($"Unknown --filter '{Filter}'. Use shapes, clip or none.");
         if (!(ShapesMinIoU is >= 0 and <= 1)) throw new UserError($"--shapes-min-iou must be between 0 and 1; got {ShapesMinIoU}.");
+        if (Source == PairSource.Drawn && Scheduler is not (null or "ddim"))
+            throw new UserError($"--source drawn edits from a direct inversion, which samples with DDIM; drop --scheduler {Scheduler}.");
         if (ShapesMinIoU != ShapesPairFilter.MinIoU && Filter != "shapes") throw new UserError("--shapes-min-iou sets the shapes filter's threshold; it needs --filter shapes.");
         foreach (var (name, (lo, hi), max) in new[] { ("--self-range", SelfRange, 1.0), ("--cross-range", CrossRange, 1.0), ("--guidance-range", GuidanceRange, 100.0) })
             if (!(lo >= 0 && lo <= hi && hi <= max)) throw new UserError($"{name} {lo},{hi}: give MIN,MAX with 0 <= MIN <= MAX <= {max}.");
@@ -122,6 +133,7 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
         ["filter"] = settings.Filter, ["scheduler"] = settings.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler),
         // null at the default, which compares equal to the key's absence in the folders of earlier runs.
         ["shapes_min_iou"] = settings.ShapesMinIoU == ShapesPairFilter.MinIoU ? null : settings.ShapesMinIoU,
+        ["source"] = settings.Source == PairSource.Model ? null : "drawn",
         ["clip"] = clip is null ? null : new JsonObject
         {
             ["vision"] = JsonSerializer.SerializeToNode(clip.Model.VisionConfig), ["thresholds"] = JsonSerializer.SerializeToNode(clip.Thresholds),
@@ -249,15 +261,24 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
             Edit = sameLength && cross > 0 ? EditKind.Replace : EditKind.Refine, CrossReplaceSteps = cross, SelfReplaceSteps = StepWindow.Until(self),
         };
         int size = settings.Size ?? model.DefaultImageSize;
-        var session = new EditSession(model, new SourceSettings
+        // --source drawn: the caption drawn, inverted, and the edit made from the inversion.
+        var drawn = settings.Source == PairSource.Drawn ? Draw(triplet.Input, size, rng) : null;
+        using var inverted = drawn is null ? null : new Inversion(new StableDiffusionPipeline(model, log)).Invert(drawn, triplet.Input,
+            new InversionSettings(InversionMethod.Direct, settings.Steps, GuidanceScale: guidance), cancel: cancel);
+        var source = inverted is not null ? EditSession.FromInversion(inverted, ReferenceVariant.PromptToPrompt, "drawn scene") : new SourceSettings
         {
             Prompt = triplet.Input, Seed = seed, Steps = settings.Steps, GuidanceScale = guidance, Scheduler = settings.Scheduler, Width = size, Height = size,
-        }, log: log);
-        using var result = session.Edit(new EditRequest([triplet.Output], edit), cancel: cancel);
+        };
+        // A direct inversion's edits run through a source cache (in memory), which holds its trajectory; the session's
+        // log would only say so at every sample.
+        using var cache = inverted is null ? null : new SourceCache();
+        using var result = new EditSession(model, source, cache).Edit(new EditRequest([triplet.Output], edit), cancel: cancel);
+        // A drawn pair's input is the drawn scene (its source branch is the scene's VAE round trip).
+        var input = drawn ?? result.Images[0];
         var score = settings.Filter switch
         {
-            "shapes" => ShapesPairFilter.Score(triplet, result.Images[0], result.Images[1], settings.ShapesMinIoU),
-            "clip" => clip!.Score(triplet, result.Images[0], result.Images[1]),
+            "shapes" => ShapesPairFilter.Score(triplet, input, result.Images[1], settings.ShapesMinIoU),
+            "clip" => clip!.Score(triplet, input, result.Images[1]),
             _ => new PairScore(true, 0, new Dictionary<string, double>()),
         };
         var metadata = new JsonObject { ["seed"] = seed, ["p2p_threshold"] = Math.Round(self, 6), ["cfg_scale"] = Math.Round(guidance, 6) };
@@ -267,6 +288,13 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
             metadata["edit"] = edit.Edit.ToString().ToLowerInvariant();
         }
         foreach (var (k, v) in score.Measures) metadata[k] = v;
-        return (seed, sample, result.Images[0], result.Images[1], metadata, score);
+        return (seed, sample, input, result.Images[1], metadata, score);
+    }
+
+    static RgbImage Draw(string caption, int size, Random rng)
+    {
+        var scene = Scenes.ParseCaption(caption) ?? throw new UserError(
+            $"--source drawn draws the input caption with the scene generator, and '{caption}' is not a caption of its grammar (p2p dataset prompts writes such captions).");
+        return new Scenes(size).Draw(scene.Objects, scene.Background, scene.Striped, rng).Image;
     }
 }

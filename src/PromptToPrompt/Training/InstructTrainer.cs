@@ -82,13 +82,13 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
     {
         options.Validate();
         if (!Directory.Exists(options.InitModel))
-            throw new UserError($"--init {options.InitModel}: give the diffusers folder of a text-to-image model (such as models/shapes); its tokenizer and VAE are copied into the new model.");
+            throw new UserError($"--init {options.InitModel}: give the diffusers folder of a text-to-image model (such as models/shapes) or of an instruction model " +
+                                "to train further (such as models/shapes-instruct); its tokenizer and VAE are copied into the new model.");
         if (File.Exists(Path.Combine(options.OutDir, "model_index.json")) && !File.Exists(Checkpoint("state.json")))
             throw new UserError($"{options.OutDir} already holds a model that this command did not train; give a new --out folder (nothing is overwritten).");
         set_num_threads(Math.Max(1, Environment.ProcessorCount));
         var pairs = DatasetIndex.ReadPairs(options.DataDir);
         using var init = StableDiffusionModel.Load(options.InitModel, new ModelPlacement(CPU, ScalarType.Float32), log);
-        init.RequireTextToImage();
         var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip);
         var expected = state with { Pairs = pairs.Count, Init = init.Name, Seed = options.Seed, Batch = options.Batch, RandomFlip = options.RandomFlip };
         static string Flip(bool on) => on ? "random flip" : "no flip";
@@ -106,7 +106,8 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
             throw new UserError($"{options.DataDir} holds {wrong.Input.Width}x{wrong.Input.Height} images; {init.Name} is trained at {size}x{size}. " +
                                 "Generate the dataset with the model it trains (p2p dataset generate --model ...).");
 
-        using var unet = Widen(init.UNet, init.LatentChannels);
+        // A text-to-image model's conv_in is widened for the image latent; an instruction model's already takes it.
+        using var unet = Widen(init.UNet, init.IsInstructPix2Pix ? 0 : init.LatentChannels);
         var text = init.TextEncoder;
         if (state.Step > 0)
         {

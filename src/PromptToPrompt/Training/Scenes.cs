@@ -81,18 +81,35 @@ public sealed class Scenes(int size = 64)
             do colour = Colours.Keys.ElementAt(rng.Next(Colours.Count)); while (colour == bg);
             var shape = Shapes[rng.Next(Shapes.Length)];
             bool large = rng.NextDouble() < 0.5;
-            double r = size * (large ? 0.22 : 0.13);
-            // Place away from the border and, best effort, from the other objects.
-            double cx = 0, cy = 0;
-            for (int attempt = 0; attempt < 20; attempt++)
-            {
-                cx = r + rng.NextDouble() * (size - 2 * r);
-                cy = r + rng.NextDouble() * (size - 2 * r);
-                if (objects.All(o => Math.Sqrt((o.Cx - cx) * (o.Cx - cx) + (o.Cy - cy) * (o.Cy - cy)) > o.R + r + 2)) break;
-            }
-            objects.Add((shape, colour, large ? "large" : "small", cx, cy, r));
+            objects.Add(Place(objects, shape, colour, large ? "large" : "small", rng));
         }
         return Render(objects, bg, striped);
+    }
+
+    /// <summary>
+    /// Draws the objects, background and stripes of a caption of the grammar (<see cref="ParseCaption"/>), placed at
+    /// random by <paramref name="rng"/> as <see cref="Generate"/> places them.
+    /// </summary>
+    public Scene Draw(IReadOnlyList<(string Shape, string Colour, string SizeWord)> objects, string background, bool striped, Random rng)
+    {
+        var placed = new List<(string Shape, string Colour, string SizeWord, double Cx, double Cy, double R)>();
+        foreach (var (shape, colour, sizeWord) in objects) placed.Add(Place(placed, shape, colour, sizeWord, rng));
+        return Render(placed, background, striped);
+    }
+
+    /// <summary>An object of the size word's radius, away from the border and, best effort, from the objects placed before.</summary>
+    (string Shape, string Colour, string SizeWord, double Cx, double Cy, double R) Place(
+        List<(string Shape, string Colour, string SizeWord, double Cx, double Cy, double R)> placed, string shape, string colour, string sizeWord, Random rng)
+    {
+        double r = size * (sizeWord == "large" ? 0.22 : 0.13);
+        double cx = 0, cy = 0;
+        for (int attempt = 0; attempt < 20; attempt++)
+        {
+            cx = r + rng.NextDouble() * (size - 2 * r);
+            cy = r + rng.NextDouble() * (size - 2 * r);
+            if (placed.All(o => Math.Sqrt((o.Cx - cx) * (o.Cx - cx) + (o.Cy - cy) * (o.Cy - cy)) > o.R + r + 2)) break;
+        }
+        return (shape, colour, sizeWord, cx, cy, r);
     }
 
     /// <summary>Renders a scene from explicit objects (used by the evaluation to build captions it controls).</summary>

@@ -76,6 +76,56 @@ public class DatasetTests
     }
 
     [Fact]
+    public void A_drawn_source_pairs_the_drawn_caption_with_its_edit_after_direct_inversion()
+    {
+        using var dir = new TempDir();
+        var prompts = dir.File("t.jsonl");
+        string[] inputs = ["a large red circle and a small blue star on a white background", "a small green ring on a striped yellow background"];
+        File.WriteAllLines(prompts, [
+            TripletFile.ToJson(inputs[0], "make the circle blue", "a large blue circle and a small blue star on a white background"),
+            TripletFile.ToJson(inputs[1], "make the ring red", "a small red ring on a striped yellow background"),
+            TripletFile.ToJson("a photo of a cat", "make it a dog", "a photo of a dog"),
+        ]);
+        var output = dir.File("drawn");
+        using var model = PromptToPrompt.Loading.StableDiffusionModel.Load(ShippedModelTests.Folder, PromptToPrompt.Loading.ModelPlacement.Cpu);
+        var logs = new List<string>();
+        new DatasetGenerator(model, new DatasetSettings { SamplesPerPrompt = 1, Keep = 1, Steps = 4, Filter = "none", Source = PairSource.Drawn }, logs.Add)
+            .Run(prompts, output, new Shard(0, 1));
+
+        // The input image is the caption drawn by the scene generator: the caption's colours only (the background, its
+        // stripes' shade, the objects'; within JPEG's rounding), each object's colour covering a shape's area.
+        for (int record = 0; record < 2; record++)
+        {
+            var folder = Path.Combine(output, DatasetGenerator.RecordName(record));
+            var input = Imaging.RgbImage.Load(Directory.GetFiles(folder, "*_0.jpg").Single());
+            var edit = Imaging.RgbImage.Load(Directory.GetFiles(folder, "*_1.jpg").Single());
+            var (objects, background, striped) = Scenes.ParseCaption(inputs[record])!.Value;
+            var bg = Scenes.BackgroundColours[background];
+            var colours = objects.Select(o => Scenes.Colours[o.Colour]).Append(bg)
+                .Concat(striped ? [((byte)(bg.R * 3 / 4), (byte)(bg.G * 3 / 4), (byte)(bg.B * 3 / 4))] : []).ToList();
+            int Nearest(int p) => Enumerable.Range(0, colours.Count).MinBy(c => Distance(input, p, colours[c]));
+            int pixels = input.Width * input.Height;
+            var nearest = Enumerable.Range(0, pixels).Select(Nearest).ToList();
+            double close = Enumerable.Range(0, pixels).Count(p => Distance(input, p, colours[nearest[p]]) < 24) / (double)pixels;
+            Assert.True(close > 0.99, $"record {record}: {close:P1} of the pixels are a colour of the caption");
+            for (int o = 0; o < objects.Count; o++)
+                Assert.InRange(nearest.Count(c => c == o) / (double)pixels, ShapesPairFilter.MinArea, 0.25);
+            Assert.NotEqual(input.Pixels, edit.Pixels);
+        }
+        Assert.Contains("\"source\": \"drawn\"", File.ReadAllText(Path.Combine(output, DatasetGenerator.ManifestName)));
+        Assert.Contains("record 2: skipped (--source drawn draws the input caption with the scene generator, and 'a photo of a cat' is not a caption of its grammar " +
+                        "(p2p dataset prompts writes such captions).)", logs);
+        Assert.Equal("--source drawn edits from a direct inversion, which samples with DDIM; drop --scheduler euler.",
+            Assert.Throws<UserError>(() => new DatasetSettings { Source = PairSource.Drawn, Scheduler = "euler" }.Validate()).Message);
+        var (code, _, err) = CliTests.RunP2P("dataset", "generate", "--prompts", prompts, "--out", dir.File("other"), "--source", "photo");
+        Assert.Equal(1, code);
+        Assert.Equal("error: Unknown --source 'photo'. Use model or drawn.", err.Trim());
+    }
+
+    static double Distance(Imaging.RgbImage image, int p, (byte R, byte G, byte B) c) =>
+        Math.Sqrt(Math.Pow(image.Pixels[3 * p] - c.R, 2) + Math.Pow(image.Pixels[3 * p + 1] - c.G, 2) + Math.Pow(image.Pixels[3 * p + 2] - c.B, 2));
+
+    [Fact]
     public void The_shard_comes_from_the_options_or_from_slurm_or_kubernetes()
     {
         Assert.Equal(new Shard(0, 1), Shard.Resolve(null, null, _ => null));

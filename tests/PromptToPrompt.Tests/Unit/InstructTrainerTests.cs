@@ -117,6 +117,34 @@ public class InstructTrainerTests
         Assert.Contains("seed 5", error.Message);
     }
 
+    [Fact]
+    public void An_instruction_model_given_as_init_trains_further_from_its_own_weights()
+    {
+        using var dir = new TempDir();
+        WriteDataset(dir.Path, 2);
+        var data = dir.File("dataset");
+        var first = dir.File("first");
+        new InstructTrainer(Tiny(data, first) with { Steps = 2 }).Run();
+        // From an instruction model, conv_in is not widened again: 0 steps write its weights unchanged (the image channels
+        // the first run trained included), a step moves them.
+        var same = dir.File("same");
+        new InstructTrainer(Tiny(data, same) with { InitModel = first, Steps = 0 }).Run();
+        var further = dir.File("further");
+        new InstructTrainer(Tiny(data, further) with { InitModel = first, Steps = 1 }).Run();
+        using var a = StableDiffusionModel.Load(first, ModelPlacement.Cpu);
+        using var b = StableDiffusionModel.Load(same, ModelPlacement.Cpu);
+        using var c = StableDiffusionModel.Load(further, ModelPlacement.Cpu);
+        Assert.Equal(8, b.UNet.Config.InChannels);
+        Assert.Equal(a.Fingerprint, b.Fingerprint);
+        var wa = a.UNet.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var wb = b.UNet.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var wc = c.UNet.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        Assert.True(wa["conv_in.weight"].narrow(1, 4, 4).abs().max().item<float>() > 0);
+        Assert.All(wa, w => Assert.True(w.Value.eq(wb[w.Key]).all().item<bool>(), $"{w.Key} changed in 0 steps"));
+        Assert.False(wa["conv_in.weight"].eq(wc["conv_in.weight"]).all().item<bool>());
+        Assert.Equal("EulerAncestralDiscreteScheduler", c.Scheduler.ClassName);
+    }
+
     static Imaging.RgbImage Mirrored(Imaging.RgbImage image)
     {
         var pixels = new byte[image.Pixels.Length];
