@@ -25,8 +25,10 @@ public static class ShapesPairFilter
         var (objectsA, bgA, stripedA) = a.Value;
         var (objectsB, bgB, stripedB) = b.Value;
         double Area(bool[] m) => (double)m.Count(x => x) / m.Length;
-        // Both images measured the same way, so that the masks of one object compare.
-        bool[] Of(RgbImage image, string bg, string colour) => ObjectMask(image, bg, stripedA || stripedB, colour);
+        // Both images measured the same way, so that the masks of one object compare: against the background and every
+        // colour either caption names.
+        var colours = objectsA.Concat(objectsB).Select(o => o.Colour).Distinct().ToList();
+        bool[] Of(RgbImage image, string bg, string colour) => ObjectMask(image, bg, stripedA || stripedB, colour, colours);
 
         // Objects present in both captions unchanged: their masks must stay.
         var kept = objectsA.Where(objectsB.Contains).ToList();
@@ -60,13 +62,13 @@ public static class ShapesPairFilter
     }
 
     /// <summary>
-    /// The eval-shapes object mask (pixels past the half-contrast edge between the background and the object's colour).
-    /// On a striped background, whose stripes the model draws in varying greys, instead the pixels whose nearest
+    /// The object mask of <see cref="ShapesEvaluation.ObjectMask"/>: pixels nearest to the object's colour among the
+    /// background and the scene's colours. On a striped background, whose stripes the model draws in varying greys, instead the pixels whose nearest
     /// palette colour (the object colours, the background, its stripe shade and grey) is the object's.
     /// </summary>
-    static bool[] ObjectMask(RgbImage image, string background, bool striped, string colour)
+    static bool[] ObjectMask(RgbImage image, string background, bool striped, string colour, IEnumerable<string> sceneColours)
     {
-        if (!striped) return ShapesEvaluation.ObjectMask(image, background, colour);
+        if (!striped) return ShapesEvaluation.ObjectMask(image, background, colour, sceneColours);
         var (br, bg, bb) = Scenes.BackgroundColours[background];
         var target = Scenes.Colours[colour];
         List<(string Name, int R, int G, int B)> palette = [.. Scenes.Colours.Select(c => (c.Key, (int)c.Value.R, (int)c.Value.G, (int)c.Value.B)),

@@ -70,6 +70,16 @@ public class DatasetTests
         Assert.True(loose.Keep);
         Assert.False(strict.Keep);
 
+        // A second object past the half-contrast edge of the recoloured one's colour (red is nearer purple than black is)
+        // stays out of its mask: the exact recolouring measures 1.
+        var dark = new Triplet("a large purple circle and a large red square on a black background", "make the circle blue",
+                               "a large blue circle and a large red square on a black background", "{}");
+        Imaging.RgbImage DrawDark(string colour) =>
+            scenes.Render([("circle", colour, "large", 18, 20, 14), ("square", "red", "large", 46, 44, 14)], "black", false).Image;
+        var exact = ShapesPairFilter.Score(dark, DrawDark("purple"), DrawDark("blue"), minIoU: 0.8);
+        Assert.Equal(1.0, exact.Measures["instructed"], 4);
+        Assert.True(exact.Keep);
+
         Assert.Equal("--shapes-min-iou must be between 0 and 1; got 1.5.", Assert.Throws<UserError>(() => new DatasetSettings { ShapesMinIoU = 1.5 }.Validate()).Message);
         Assert.Equal("--shapes-min-iou sets the shapes filter's threshold; it needs --filter shapes.",
             Assert.Throws<UserError>(() => new DatasetSettings { ShapesMinIoU = 0.8, Filter = "none" }.Validate()).Message);
