@@ -263,16 +263,13 @@ public sealed class DatasetGenerator(StableDiffusionModel model, DatasetSettings
         int size = settings.Size ?? model.DefaultImageSize;
         // --source drawn: the caption drawn, inverted, and the edit made from the inversion.
         var drawn = settings.Source == PairSource.Drawn ? Draw(triplet.Input, size, rng) : null;
-        using var inverted = drawn is null ? null : new Inversion(new StableDiffusionPipeline(model, log)).Invert(drawn, triplet.Input,
-            new InversionSettings(InversionMethod.Direct, settings.Steps, GuidanceScale: guidance), cancel: cancel);
-        var source = inverted is not null ? EditSession.FromInversion(inverted, ReferenceVariant.PromptToPrompt, "drawn scene") : new SourceSettings
+        using var inverted = drawn is null ? null : new InvertedImageSession(model, drawn, triplet.Input,
+            new InversionSettings(InversionMethod.Direct, settings.Steps, GuidanceScale: guidance), "drawn scene", cancel, log);
+        var session = inverted?.Session ?? new EditSession(model, new SourceSettings
         {
             Prompt = triplet.Input, Seed = seed, Steps = settings.Steps, GuidanceScale = guidance, Scheduler = settings.Scheduler, Width = size, Height = size,
-        };
-        // A direct inversion's edits run through a source cache (in memory), which holds its trajectory; the session's
-        // log would only say so at every sample.
-        using var cache = inverted is null ? null : new SourceCache();
-        using var result = new EditSession(model, source, cache).Edit(new EditRequest([triplet.Output], edit), cancel: cancel);
+        }, log: log);
+        using var result = session.Edit(new EditRequest([triplet.Output], edit), cancel: cancel);
         // A drawn pair's input is the drawn scene (its source branch is the scene's VAE round trip).
         var input = drawn ?? result.Images[0];
         var score = settings.Filter switch

@@ -407,6 +407,31 @@ public sealed class EditSession
     }
 }
 
+/// <summary>
+/// An edit session on an image held in memory (a drawn scene), inverted here with its prompt: it owns the inversion and
+/// the in-memory source cache its edits run through (a direct inversion's edits need one).
+/// </summary>
+public sealed class InvertedImageSession : IDisposable
+{
+    readonly InversionResult _inversion;
+    readonly SourceCache _cache = new();
+
+    public InvertedImageSession(StableDiffusionModel model, RgbImage image, string prompt, InversionSettings settings, string origin,
+                                CancellationToken cancel = default, Action<string>? log = null)
+    {
+        _inversion = new Inversion(new StableDiffusionPipeline(model, log)).Invert(image, prompt, settings, cancel: cancel);
+        Session = new EditSession(model, EditSession.FromInversion(_inversion, ReferenceVariant.PromptToPrompt, origin), _cache);
+    }
+
+    public EditSession Session { get; }
+
+    public void Dispose()
+    {
+        _cache.Dispose();
+        _inversion.Dispose();
+    }
+}
+
 /// <summary>An inverted photo: the inversion, the photo as fitted, and what sampling from the inversion reproduces.</summary>
 public sealed record PhotoInversion(InversionResult Result, RgbImage Fitted, RgbImage Reconstruction) : IDisposable
 {

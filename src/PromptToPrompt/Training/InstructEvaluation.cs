@@ -145,9 +145,8 @@ public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableD
     RgbImage PromptToPromptEdit(Scene scene, string caption, string target, string? blendWord)
     {
         var pipeline = promptToPrompt!;
-        using var inverted = new Inversion(pipeline).Invert(scene.Image, caption, new InversionSettings(InversionMethod.NullText, steps, 10, guidance));
-        using var cache = new SourceCache();
-        var session = new EditSession(pipeline.Model, EditSession.FromInversion(inverted, ReferenceVariant.PromptToPrompt, "evaluation"), cache);
+        using var inverted = new InvertedImageSession(pipeline.Model, scene.Image, caption, new InversionSettings(InversionMethod.NullText, steps, 10, guidance), "evaluation");
+        var session = inverted.Session;
         bool sameLength = caption.Split(' ').Length == target.Split(' ').Length;
         using var edit = session.Edit(new EditRequest([target], new EditDescription
         {

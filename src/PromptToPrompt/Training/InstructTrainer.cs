@@ -49,7 +49,8 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
 
     /// <summary>
     /// A copy of <paramref name="unet"/> whose <c>conv_in</c> takes <paramref name="extraChannels"/> more input channels:
-    /// their weights zero, the rest and the bias kept, so the widened model ignores the new channels until trained.
+    /// their weights zero, the rest and the bias kept, so the widened model ignores the new channels until trained
+    /// (with 0, a copy).
     /// </summary>
     public static UNet2DConditionModel Widen(UNet2DConditionModel unet, int extraChannels)
     {

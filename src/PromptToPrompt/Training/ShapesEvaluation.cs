@@ -202,7 +202,6 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
     {
         var scenes = new Scenes(pipeline.Model.DefaultImageSize);
         var methods = new[] { InversionMethod.Ddim, InversionMethod.NegativePrompt, InversionMethod.NullText, InversionMethod.Direct };
-        var inversion = new Inversion(pipeline);
         var rng = new Random(Scenes.StableSeed(seed, 77));
         double vae = 0;
         var psnr = new double[methods.Length];
@@ -222,9 +221,8 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
                 // The reconstruction is the session's recorded source: sampling from the inversion (for direct inversion,
                 // with the source put back onto the trajectory), the same run every edit of it uses.
                 var clock = System.Diagnostics.Stopwatch.StartNew();
-                using var inverted = inversion.Invert(scene.Image, scene.Caption, new InversionSettings(methods[m], steps, 10, guidance));
-                using var cache = new SourceCache();
-                var session = new EditSession(pipeline.Model, EditSession.FromInversion(inverted, ReferenceVariant.PromptToPrompt, "evaluation"), cache);
+                using var inverted = new InvertedImageSession(pipeline.Model, scene.Image, scene.Caption, new InversionSettings(methods[m], steps, 10, guidance), "evaluation");
+                var session = inverted.Session;
                 psnr[m] += Inversion.Psnr(scene.Image, session.Recorded().Image);
                 seconds[m] += clock.Elapsed.TotalSeconds;
                 using var edit = session.Edit(new EditRequest([target], new EditDescription
@@ -252,7 +250,6 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
         var scenes = new Scenes(pipeline.Model.DefaultImageSize);
         var rng = new Random(Scenes.StableSeed(seed, 91));
         var zero = new Pix2PixZero(pipeline);
-        var inversion = new Inversion(pipeline);
         var settings = new ZeroSettings { Steps = steps, Seed = seed };
         var directions = new Dictionary<(string, string), EditDirection>();
         var sums = new double[2, 4];
@@ -276,9 +273,8 @@ public sealed class ShapesEvaluation(StableDiffusionPipeline pipeline, int steps
                 Add(0, zeroEdit, clock.Elapsed.TotalSeconds);
 
                 clock.Restart();
-                using var inverted = inversion.Invert(scene.Image, scene.Caption, new InversionSettings(InversionMethod.NullText, steps, 10, guidance));
-                using var cache = new SourceCache();
-                var session = new EditSession(pipeline.Model, EditSession.FromInversion(inverted, ReferenceVariant.PromptToPrompt, "evaluation"), cache);
+                using var inverted = new InvertedImageSession(pipeline.Model, scene.Image, scene.Caption, new InversionSettings(InversionMethod.NullText, steps, 10, guidance), "evaluation");
+                var session = inverted.Session;
                 var target = scene.Caption.Replace($"{obj.Colour} {obj.Shape}", $"{to} {obj.Shape}");
                 using var edit = session.Edit(new EditRequest([target], new EditDescription
                 {
