@@ -104,8 +104,7 @@ static class CliSupport
         /// <summary>Checks the scheduler name and reads the initial latent (before any model is loaded); picks a seed if none was given.</summary>
         public (TorchSharp.torch.Tensor? Initial, long Seed) Prepare(ParseResult r)
         {
-            if (r.GetValue(Scheduler) is { } name && !Schedulers.Schedulers.Names.Contains(name))
-                throw new UserError($"Unknown scheduler '{name}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
+            Schedulers.Schedulers.CheckName(r.GetValue(Scheduler));
             var initial = r.GetValue(Latent) is { } path ? ReadLatent(path) : null;
             long seed = r.GetValue(Seed) ?? Random.Shared.NextInt64(0, 1L << 32);
             if (initial is null) Console.Error.WriteLine($"seed {seed}");

@@ -89,8 +89,7 @@ static class EditCommand
             };
             if (inversionFile is not null || imagePath is not null)
                 s = ForInversion(s, inversionFile, r.GetResult(steps) is not null || r.GetResult(guidance) is not null);
-            if (s.Scheduler is not null && !Schedulers.Schedulers.Names.Contains(s.Scheduler))
-                throw new UserError($"Unknown scheduler '{s.Scheduler}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
+            Schedulers.Schedulers.CheckName(s.Scheduler);
 
             var outDir = r.GetValue(output)!;
             var files = EditResult.FileNames(s.Prompts.Count).Select(n => Path.Combine(outDir, n)).ToList();

@@ -18,11 +18,12 @@ static class EvalInstructCommand
         var steps = CliSupport.Steps(20);
         var guidance = CliSupport.Guidance();
         var imageGuidance = new Option<double>("--image-guidance") { Description = "Image guidance scale s_I of the instruction edits.", DefaultValueFactory = _ => 1.5 };
+        var scheduler = new Option<string?>("--scheduler") { Description = "Scheduler of the instruction edits: pndm, ddim, euler, euler-a or dpmpp-2m (default: the model's own)." };
         var show = new Option<string?>("--save-edits") { Description = "Folder to write one captioned grid per sample (scene, instruction edit, Prompt-to-Prompt edit)." };
         var modelOptions = CliSupport.ModelOptions.Create();
         var command = new Command("eval-instruct", "Measure an instruction model on drawn scenes, per instruction kind, beside Prompt-to-Prompt after null-text inversion.")
         {
-            model, p2pModel, samples, p2pSamples, seed, steps, guidance, imageGuidance, show,
+            model, p2pModel, samples, p2pSamples, seed, steps, guidance, imageGuidance, scheduler, show,
         };
         foreach (var o in modelOptions.All) command.Options.Add(o);
         command.SetAction(r => CliSupport.Run(() =>
@@ -32,13 +33,13 @@ static class EvalInstructCommand
             InstructPix2PixPipeline.Validate(new InstructRequest
             {
                 Image = new RgbImage(8, 8, new byte[192]), Instruction = "-", Steps = r.GetValue(steps), GuidanceScale = r.GetValue(guidance),
-                ImageGuidanceScale = r.GetValue(imageGuidance),
+                ImageGuidanceScale = r.GetValue(imageGuidance), Scheduler = r.GetValue(scheduler),
             });
             using var ip2p = modelOptions.Load(r, r.GetValue(model) ?? CliSupport.DefaultModel("shapes-instruct"));
             var instruct = new InstructPix2PixPipeline(ip2p, CliSupport.Warn);
             using var sd = r.GetValue(p2pSamples) > 0 ? modelOptions.Load(r, r.GetValue(p2pModel)) : null;
             var evaluation = new InstructEvaluation(instruct, sd is null ? null : new StableDiffusionPipeline(sd, CliSupport.Warn),
-                r.GetValue(steps), r.GetValue(guidance), r.GetValue(imageGuidance));
+                r.GetValue(steps), r.GetValue(guidance), r.GetValue(imageGuidance), r.GetValue(scheduler));
             var folder = r.GetValue(show);
             if (folder != null) Directory.CreateDirectory(folder);
             Action<string, string[], RgbImage[]>? save = folder == null ? null : (name, captions, images) =>

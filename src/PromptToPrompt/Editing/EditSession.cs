@@ -150,8 +150,7 @@ public sealed class EditSession
         model.RequireTextToImage();
         if (source.Steps < 1) throw new UserError($"steps must be at least 1; got {source.Steps}.");
         StableDiffusionPipeline.CheckGuidance(source.GuidanceScale);
-        if (source.Scheduler is { } s && !Schedulers.Schedulers.Names.Contains(s))
-            throw new UserError($"Unknown scheduler '{s}'. Choose one of: {string.Join(", ", Schedulers.Schedulers.Names)}.");
+        Schedulers.Schedulers.CheckName(source.Scheduler);
         SchedulerName = source.Scheduler ?? Schedulers.Schedulers.DefaultFor(model.Scheduler);
         StableDiffusionPipeline.CheckDeterministic(SchedulerName);
         (Width, Height) = _pipeline.ResolveSize(source.Width, source.Height, source.InitialLatent);

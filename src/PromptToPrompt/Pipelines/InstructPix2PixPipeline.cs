@@ -115,6 +115,7 @@ public sealed class InstructPix2PixPipeline
         if (string.IsNullOrWhiteSpace(r.Instruction))
             throw new UserError("The instruction is empty. Say what to change, e.g. --instruction \"make the circle blue\".");
         if (r.Steps < 1) throw new UserError($"steps must be at least 1; got {r.Steps}.");
+        Schedulers.Schedulers.CheckName(r.Scheduler);
         foreach (var (name, value) in new[] { ("guidance scale", r.GuidanceScale), ("image guidance scale", r.ImageGuidanceScale) })
             if (!double.IsFinite(value) || value < 0)
                 throw new UserError($"The {name} must be a finite number of at least 0 (1 = no guidance); got {value.ToString(CultureInfo.InvariantCulture)}.");

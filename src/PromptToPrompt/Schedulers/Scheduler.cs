@@ -45,6 +45,14 @@ public static class Schedulers
         _ => "pndm",
     };
 
+    /// <summary>Refuses a name that is not one of <see cref="Names"/> (null, the model's own, passes).</summary>
+    public static void CheckName(string? name)
+    {
+        if (name is not null && !Names.Contains(name)) throw Unknown(name);
+    }
+
+    static UserError Unknown(string name) => new($"Unknown scheduler '{name}'. Choose one of: {string.Join(", ", Names)}.");
+
     public static IScheduler Create(string name, SchedulerConfig config, int steps)
     {
         if (steps < 1 || steps > config.NumTrainTimesteps)
@@ -56,7 +64,7 @@ public static class Schedulers
             "euler" => new EulerDiscreteScheduler(config, n),
             "euler-a" or "euler_a" or "euler-ancestral" => new EulerAncestralDiscreteScheduler(config, n),
             "dpmpp-2m" or "dpm++2m" or "dpmsolver++" => new DpmSolverMultistepScheduler(config, n),
-            _ => throw new UserError($"Unknown scheduler '{name}'. Choose one of: {string.Join(", ", Names)}."),
+            _ => throw Unknown(name),
         };
         // With "leading" spacing and steps_offset 1, very many steps put the first timestep past the last trained one
         // (diffusers then fails with an index error); name the largest count that works instead.

@@ -52,7 +52,7 @@ public sealed record InstructReport(IReadOnlyDictionary<string, (InstructMethodR
 /// Each edit is judged by the dataset's shapes filter; recolourings also against the drawn object's mask.
 /// </summary>
 public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableDiffusionPipeline? promptToPrompt, int steps = 20, double guidance = 7.5,
-    double imageGuidance = 1.5, double crossReplace = 0.8, double selfReplace = 0.4, double blendThreshold = 0.3)
+    double imageGuidance = 1.5, string? scheduler = null, double crossReplace = 0.8, double selfReplace = 0.4, double blendThreshold = 0.3)
 {
     /// <param name="samples">Scenes per instruction kind for the instruction model.</param>
     /// <param name="promptToPromptSamples">The first that many of them also edited by Prompt-to-Prompt (0: none).</param>
@@ -82,7 +82,7 @@ public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableD
                 using var result = instruct.Edit(new InstructRequest
                 {
                     Image = scene.Image, Instruction = instruction, Steps = steps, GuidanceScale = guidance, ImageGuidanceScale = imageGuidance,
-                    Seed = Scenes.StableSeed(seed, 1000 * k + i),
+                    Scheduler = scheduler, Seed = Scenes.StableSeed(seed, 1000 * k + i),
                 });
                 scores[0].Add((ShapesPairFilter.Score(triplet, scene.Image, result.Image), clock.Elapsed.TotalSeconds));
                 var images = new List<RgbImage> { scene.Image, result.Image };

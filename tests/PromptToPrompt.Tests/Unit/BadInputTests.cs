@@ -163,6 +163,8 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
         { "instruct|--model|{model}|--image|{photo}|--instruction|make it blue|--out|{out}/i.png", "is not an InstructPix2Pix model" },
         { "instruct|--model|{ip2p}|--image|{photo}|--instruction| |--out|{out}/i.png", "instruction" },
         { "instruct|--model|{ip2p}|--image|{photo}|--instruction|make it blue|--image-guidance|nan|--out|{out}/i.png", "'nan' is not a finite number" },
+        { "instruct|--model|{ip2p}|--image|{photo}|--instruction|make it blue|--scheduler|lms|--out|{out}/i.png", "Unknown scheduler 'lms'. Choose one of: pndm, ddim, euler, euler-a, dpmpp-2m." },
+        { "eval-instruct|--model|{ip2p}|--scheduler|lms", "Unknown scheduler 'lms'. Choose one of: pndm, ddim, euler, euler-a, dpmpp-2m." },
         { EditDog.Replace("{model}", "{ip2p}"), "is an InstructPix2Pix model" },
         { "invert|--model|{ip2p}|--image|{photo}|--prompt|x|--out|{out}/inv.safetensors", "use p2p instruct with it" },
         // pix2pix-zero
