@@ -15,9 +15,10 @@ public sealed record InstructMethodReport(int Samples, double Passed, double Ins
 
 /// <summary>
 /// Recolourings measured against the drawn object (<see cref="InstructEvaluation.RecolourMeasures"/>): the share with the
-/// new colour where the object is, the mean IoU of the new colour's mask with the drawn mask, and the share with both (IoU ≥ 0.8).
+/// new colour where the object is, the mean IoU of the new colour's mask with the drawn mask, the share with both (IoU ≥ 0.8),
+/// and the share in which another object took the new colour (the instruction bound to the wrong object).
 /// </summary>
-public sealed record RecolourReport(double NewColour, double MaskIoU, double Both);
+public sealed record RecolourReport(double NewColour, double MaskIoU, double Both, double OtherObject);
 
 public sealed record InstructReport(IReadOnlyDictionary<string, (InstructMethodReport Instruct, InstructMethodReport? PromptToPrompt)> Kinds,
     RecolourReport Recolour, RecolourReport? RecolourPromptToPrompt)
@@ -37,9 +38,10 @@ public sealed record InstructReport(IReadOnlyDictionary<string, (InstructMethodR
             lines.Add(Row(kind, "InstructPix2Pix", instruct));
             if (p2p is not null) lines.Add(Row("", "P2P + null-text", p2p));
         }
-        lines.Add($"recolouring, against the drawn object   new colour   mask IoU   both (IoU >= {RecolourIoU})");
-        lines.Add($"  {"InstructPix2Pix",-37} {Recolour.NewColour,10:P0}   {Recolour.MaskIoU,8:0.000}   {Recolour.Both,8:P0}");
-        if (RecolourPromptToPrompt is { } r) lines.Add($"  {"P2P + null-text",-37} {r.NewColour,10:P0}   {r.MaskIoU,8:0.000}   {r.Both,8:P0}");
+        lines.Add($"recolouring, against the drawn object   new colour   mask IoU   both (IoU >= {RecolourIoU})   other object recoloured");
+        string Recolouring(string method, RecolourReport r) => $"  {method,-37} {r.NewColour,10:P0}   {r.MaskIoU,8:0.000}   {r.Both,18:P0}   {r.OtherObject,23:P0}";
+        lines.Add(Recolouring("InstructPix2Pix", Recolour));
+        if (RecolourPromptToPrompt is { } r) lines.Add(Recolouring("P2P + null-text", r));
         return string.Join("\n", lines);
     }
 }
@@ -62,7 +64,7 @@ public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableD
     {
         var scenes = new Scenes(instruct.Model.DefaultImageSize);
         var kinds = new Dictionary<string, (InstructMethodReport, InstructMethodReport?)>();
-        var recolour = new List<(bool Colour, double IoU)>[] { [], [] };
+        var recolour = new List<(bool Colour, double IoU, bool OtherObject)>[] { [], [] };
         int p2pSamples = promptToPrompt is null ? 0 : Math.Min(samples, promptToPromptSamples);
         for (int k = 0; k < ShapeTriplets.Kinds.Length; k++)
         {
@@ -104,8 +106,8 @@ public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableD
             }
             kinds[kind] = (Summary(scores[0]), scores[1].Count > 0 ? Summary(scores[1]) : null);
         }
-        RecolourReport Recolour(List<(bool Colour, double IoU)> r) => new(r.Average(x => x.Colour ? 1.0 : 0), r.Average(x => x.IoU),
-            r.Average(x => x.Colour && x.IoU >= InstructReport.RecolourIoU ? 1.0 : 0));
+        RecolourReport Recolour(List<(bool Colour, double IoU, bool OtherObject)> r) => new(r.Average(x => x.Colour ? 1.0 : 0), r.Average(x => x.IoU),
+            r.Average(x => x.Colour && x.IoU >= InstructReport.RecolourIoU ? 1.0 : 0), r.Average(x => x.OtherObject ? 1.0 : 0));
         return new InstructReport(kinds, Recolour(recolour[0]), recolour[1].Count > 0 ? Recolour(recolour[1]) : null);
     }
 
@@ -117,15 +119,18 @@ public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableD
     /// A recolouring of object <paramref name="changed"/> of a drawn scene to <paramref name="colour"/>: whether the
     /// palette colour nearest the mean of the edit's pixels in the drawn mask is the new colour, and the IoU with the
     /// drawn mask of the edit's pixels nearest to the new colour among the scene's colours (background, the objects'
-    /// colours before and after), pixels of another object of that colour left out. The drawn scene recoloured scores 1.
+    /// colours before and after), pixels of another object of that colour left out; and whether another object, drawn
+    /// in another colour, took the new colour (the same nearest-palette test on its drawn mask). The drawn scene
+    /// recoloured scores (true, 1, false).
     /// </summary>
-    public static (bool Colour, double IoU) RecolourMeasures(Scene scene, int changed, string colour, RgbImage edit)
+    public static (bool Colour, double IoU, bool OtherObject) RecolourMeasures(Scene scene, int changed, string colour, RgbImage edit)
     {
         var drawn = scene.Objects[changed].Mask;
         var mask = ShapesEvaluation.ObjectMask(edit, scene.Background, colour, scene.Objects.Select(o => o.Colour));
         foreach (var other in scene.Objects.Where((o, j) => j != changed && o.Colour == colour))
             for (int p = 0; p < mask.Length; p++) mask[p] &= !other.Mask[p];
-        return (ShapesEvaluation.MaskColour(edit, drawn) == colour, ShapesEvaluation.IoU(mask, drawn));
+        bool otherObject = scene.Objects.Where((o, j) => j != changed && o.Colour != colour).Any(o => ShapesEvaluation.MaskColour(edit, o.Mask) == colour);
+        return (ShapesEvaluation.MaskColour(edit, drawn) == colour, ShapesEvaluation.IoU(mask, drawn), otherObject);
     }
 
     /// <summary>The index of the object an edit changed (a recolouring changes exactly one).</summary>

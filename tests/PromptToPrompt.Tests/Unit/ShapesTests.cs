@@ -129,11 +129,13 @@ public class ScenesTests
         var (scene, recoloured) = (Draw("blue", "red"), Draw("purple", "red"));
         var square = scene.Objects[1].Mask.Count(m => m);
         Assert.Equal(square, ShapesEvaluation.ObjectMask(recoloured.Image, "black", "purple").Zip(scene.Objects[1].Mask, (a, b) => a && b).Count(m => m));
-        Assert.Equal((true, 1.0), InstructEvaluation.RecolourMeasures(scene, 0, "purple", recoloured.Image));
-        Assert.Equal((false, 0.0), InstructEvaluation.RecolourMeasures(scene, 0, "purple", scene.Image)); // left blue
+        Assert.Equal((true, 1.0, false), InstructEvaluation.RecolourMeasures(scene, 0, "purple", recoloured.Image));
+        Assert.Equal((false, 0.0, false), InstructEvaluation.RecolourMeasures(scene, 0, "purple", scene.Image)); // left blue
+        // The square recoloured instead of the circle: the instruction bound to the wrong object.
+        Assert.Equal((false, 0.0, true), InstructEvaluation.RecolourMeasures(scene, 0, "purple", Draw("blue", "purple").Image));
         // The new colour is the other object's: that object is left out, not counted as a spill.
         var (second, sameAsSquare) = (Draw("blue", "purple"), Draw("purple", "purple"));
-        Assert.Equal((true, 1.0), InstructEvaluation.RecolourMeasures(second, 0, "purple", sameAsSquare.Image));
+        Assert.Equal((true, 1.0, false), InstructEvaluation.RecolourMeasures(second, 0, "purple", sameAsSquare.Image));
     }
 
     static RgbImage BoxBlur(RgbImage image, int radius = 2)
