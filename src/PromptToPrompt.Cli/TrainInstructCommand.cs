@@ -19,14 +19,16 @@ static class TrainInstructCommand
         var rate = new Option<double>("--learning-rate") { Description = "AdamW learning rate (constant).", DefaultValueFactory = _ => defaults.LearningRate };
         var flip = new Option<bool>("--random-flip") { Description = "Also train on every pair mirrored left to right (as diffusers' --random_flip)." };
         var convIn = new Option<double?>("--conv-in-learning-rate") { Description = "Learning rate of the UNet's conv_in, which holds the new image channels (default: --learning-rate)." };
+        var attention = new Option<double>("--attention-loss") { Description = "Weight of the attention localisation loss binding the instruction's shape and colour words to the region the edit changed (0: off)." };
         var command = new Command("train-instruct", "Train an InstructPix2Pix model from a text-to-image model and a p2p dataset (saved as a diffusers folder).")
         {
-            data, output, init, minutes, seed, steps, batch, rate, flip, convIn,
+            data, output, init, minutes, seed, steps, batch, rate, flip, convIn, attention,
         };
         command.SetAction(r => CliSupport.Run(() =>
         {
             var options = new InstructTrainingOptions(r.GetValue(data)!, r.GetValue(output)!, r.GetValue(init) ?? CliSupport.DefaultModel(), r.GetValue(seed),
-                r.GetValue(steps), r.GetValue(batch), r.GetValue(minutes), r.GetValue(rate), RandomFlip: r.GetValue(flip), ConvInLearningRate: r.GetValue(convIn));
+                r.GetValue(steps), r.GetValue(batch), r.GetValue(minutes), r.GetValue(rate), RandomFlip: r.GetValue(flip), ConvInLearningRate: r.GetValue(convIn),
+                AttentionLossWeight: r.GetValue(attention));
             return TrainShapesCommand.RunResumable(new InstructTrainer(options, CliSupport.Warn).Run);
         }));
         return command;

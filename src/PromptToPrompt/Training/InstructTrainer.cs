@@ -16,7 +16,7 @@ namespace PromptToPrompt.Training;
 public sealed record InstructTrainingOptions(
     string DataDir, string OutDir, string InitModel, long Seed = 0, int Steps = 4000, int Batch = 32, double? Minutes = null,
     double LearningRate = 2e-4, double ConditioningDropout = 0.05, int CheckpointEverySteps = 500, bool RandomFlip = false,
-    double? ConvInLearningRate = null)
+    double? ConvInLearningRate = null, double AttentionLossWeight = 0)
 {
     public void Validate()
     {
@@ -26,6 +26,7 @@ public sealed record InstructTrainingOptions(
         Check(Minutes is null or >= 0 && (Minutes is null || double.IsFinite(Minutes.Value)), "--minutes must be a finite number of 0 or more.");
         Check(double.IsFinite(LearningRate) && LearningRate > 0, $"--learning-rate must be a positive number; got {LearningRate}.");
         Check(ConvInLearningRate is null || double.IsFinite(ConvInLearningRate.Value) && ConvInLearningRate > 0, $"--conv-in-learning-rate must be a positive number; got {ConvInLearningRate}.");
+        Check(double.IsFinite(AttentionLossWeight) && AttentionLossWeight >= 0, $"--attention-loss must be 0 or more; got {AttentionLossWeight}.");
         Check(ConditioningDropout is >= 0 and <= 1.0 / 3, "the conditioning dropout must be between 0 and 1/3 (it is applied three times: text, image, both).");
     }
 }
@@ -45,7 +46,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
     string Checkpoint(string name) => Path.Combine(options.OutDir, "checkpoint", name);
 
     /// <summary>What a checkpoint was trained on; a resume with other data or another start is refused.</summary>
-    sealed record State(int Step, double ElapsedSeconds, int Pairs, string Init, long Seed, int Batch, bool RandomFlip = false);
+    sealed record State(int Step, double ElapsedSeconds, int Pairs, string Init, long Seed, int Batch, bool RandomFlip = false, double AttentionLoss = 0);
 
     /// <summary>
     /// A copy of <paramref name="unet"/> whose <c>conv_in</c> takes <paramref name="extraChannels"/> more input channels:
@@ -90,12 +91,12 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         set_num_threads(Math.Max(1, Environment.ProcessorCount));
         var pairs = DatasetIndex.ReadPairs(options.DataDir);
         using var init = StableDiffusionModel.Load(options.InitModel, new ModelPlacement(CPU, ScalarType.Float32), log);
-        var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip);
-        var expected = state with { Pairs = pairs.Count, Init = init.Name, Seed = options.Seed, Batch = options.Batch, RandomFlip = options.RandomFlip };
+        var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip, options.AttentionLossWeight);
+        var expected = state with { Pairs = pairs.Count, Init = init.Name, Seed = options.Seed, Batch = options.Batch, RandomFlip = options.RandomFlip, AttentionLoss = options.AttentionLossWeight };
         static string Flip(bool on) => on ? "random flip" : "no flip";
         if (state != expected)
-            throw new UserError($"{options.OutDir} holds a training run with other settings (pairs {state.Pairs}, init {state.Init}, seed {state.Seed}, batch {state.Batch}, {Flip(state.RandomFlip)}; " +
-                                $"now pairs {pairs.Count}, init {init.Name}, seed {options.Seed}, batch {options.Batch}, {Flip(options.RandomFlip)}). Use another --out, or delete {Checkpoint("")}.");
+            throw new UserError($"{options.OutDir} holds a training run with other settings (pairs {state.Pairs}, init {state.Init}, seed {state.Seed}, batch {state.Batch}, {Flip(state.RandomFlip)}, attention loss {state.AttentionLoss}; " +
+                                $"now pairs {pairs.Count}, init {init.Name}, seed {options.Seed}, batch {options.Batch}, {Flip(options.RandomFlip)}, attention loss {options.AttentionLossWeight}). Use another --out, or delete {Checkpoint("")}.");
         if (state.Step >= options.Steps && state.Step > 0)
         {
             log?.Invoke($"{options.OutDir} is already trained ({state.Step} steps); pass a larger --steps to train it further.");
@@ -123,6 +124,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var tokenizer = init.Tokenizer;
         var instructionIds = pairs.Select(p => tokenizer.Tokenize(p.Instruction).Ids).ToArray();
         var emptyIds = tokenizer.Tokenize("").Ids;
+        var bound = options.AttentionLossWeight > 0 ? pairs.Select(pair => ChangedRegion(pair, tokenizer)).ToArray() : null;
 
         var clock = Stopwatch.StartNew();
         var budget = options.Minutes is double m ? TimeSpan.FromMinutes(m) : TimeSpan.MaxValue;
@@ -180,8 +182,12 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
             var ids = tensor(indices.Select((k, i) => dropped[i].Text ? emptyIds : instructionIds[k % pairs.Count]).SelectMany(x => x).ToArray(), [options.Batch, tokenizer.MaxLength]);
             var keepImage = tensor(dropped.Select(d => d.Image ? 0f : 1f).ToArray()).reshape(-1, 1, 1, 1);
             var image = imageLatents.index_select(0, index) * keepImage;
-            var predicted = unet.forward(cat([xt, image], 1), t.to(ScalarType.Float32), text.forward(ids));
+            using var localisation = bound is null ? null : new AttentionLocalisationLoss(tokenizer,
+                indices.Select((k, i) => dropped[i].Text ? null : Mirrored(bound[k % pairs.Count], k >= pairs.Count)).ToList(), (int)x0.shape[2], CPU);
+            Tensor predicted;
+            using (unet.Hooks.Use(localisation)) predicted = unet.forward(cat([xt, image], 1), t.to(ScalarType.Float32), text.forward(ids));
             var loss = F.mse_loss(predicted, noise);
+            if (localisation is not null) loss = loss + options.AttentionLossWeight * localisation.Loss();
             optimizer.zero_grad();
             loss.backward();
             nn.utils.clip_grad_norm_(parameters, 1.0);
@@ -200,6 +206,35 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         }
         if (options.Steps == 0) Save(0);
         log?.Invoke($"instruction model written to {options.OutDir} ({pairs.Count} pairs, {(elapsedBefore + clock.Elapsed.TotalSeconds) / 60:0.0} min in all)");
+    }
+
+    /// <summary>
+    /// What <c>--attention-loss</c> binds in a pair: the instruction's shape and colour words own the region the edit
+    /// changed (pixels where input and edited image differ by more than a quarter of the range in some channel: the
+    /// recoloured, reshaped, resized, added or removed object), the other words are free. Null when the instruction
+    /// names no shape or colour, or the change covers half the image or more (a new background).
+    /// </summary>
+    public static (Scene Scene, CaptionWords Caption)? ChangedRegion(InstructionPair pair, Text.ClipTokenizer tokenizer)
+    {
+        var (a, b) = (pair.Input.Pixels, pair.Edited.Pixels);
+        var mask = new bool[pair.Input.Width * pair.Input.Height];
+        for (int i = 0; i < mask.Length; i++)
+            for (int c = 0; c < 3; c++) mask[i] |= Math.Abs(a[3 * i + c] - b[3 * i + c]) > 64;
+        int changed = mask.Count(m => m);
+        var words = pair.Instruction.Split(' ', StringSplitOptions.RemoveEmptyEntries)
+            .Select(w => (w, Scenes.ShapeOf(w) is not null || Scenes.Colours.ContainsKey(w) ? 0 : CaptionWords.Free)).ToList();
+        if (changed == 0 || changed * 2 >= mask.Length || words.All(w => w.Item2 == CaptionWords.Free)) return null;
+        return (new Scene(pair.Input, pair.Instruction, "", [new SceneObject("", "", "", mask)], false), new CaptionWords(words));
+    }
+
+    static (Scene Scene, CaptionWords Caption)? Mirrored((Scene Scene, CaptionWords Caption)? entry, bool mirrored)
+    {
+        if (entry is not var (scene, caption) || !mirrored) return entry;
+        int w = scene.Image.Width;
+        var mask = scene.Objects[0].Mask;
+        var flipped = new bool[mask.Length];
+        for (int i = 0; i < mask.Length; i++) flipped[i] = mask[i / w * w + (w - 1 - i % w)];
+        return (scene with { Objects = [scene.Objects[0] with { Mask = flipped }] }, caption);
     }
 
     /// <summary>

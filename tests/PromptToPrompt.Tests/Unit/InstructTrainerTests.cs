@@ -1,6 +1,7 @@
 using PromptToPrompt.Datasets;
 using PromptToPrompt.Loading;
 using PromptToPrompt.Pipelines;
+using PromptToPrompt.Text;
 using PromptToPrompt.Training;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -176,8 +177,8 @@ public class InstructTrainerTests
         var output = dir.File("flipped");
         new InstructTrainer(Tiny(dir.File("dataset"), output) with { RandomFlip = true, Steps = 1 }).Run();
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), output) with { Steps = 2 }).Run());
-        Assert.Contains("batch 2, random flip; now pairs 2", error.Message);
-        Assert.Contains("batch 2, no flip).", error.Message);
+        Assert.Contains("batch 2, random flip, attention loss 0; now pairs 2", error.Message);
+        Assert.Contains("batch 2, no flip, attention loss 0).", error.Message);
 
         // An optimizer state of another layout (one parameter group, as runs before --conv-in-learning-rate wrote).
         using (var other = optim.AdamW(nn.Linear(2, 2).parameters(), lr: 1e-3))
@@ -207,6 +208,35 @@ public class InstructTrainerTests
         Assert.True(wb["conv_in.weight"].narrow(1, 4, 4).abs().min().item<float>() > 1e-4f);
         Assert.True(wa["conv_out.weight"].eq(wb["conv_out.weight"]).all().item<bool>());
         Assert.False(wa["conv_out.weight"].eq(ShippedWeights("conv_out.weight")).all().item<bool>());
+    }
+
+    [Fact]
+    public void The_attention_loss_binds_the_instructions_shape_and_colour_words_to_the_changed_region_and_belongs_to_the_run()
+    {
+        var scenes = new Scenes(64);
+        Scene Draw(string circle, string square, string background = "black") =>
+            scenes.Render([("circle", circle, "large", 20, 20, 12), ("square", square, "large", 46, 46, 10)], background, false);
+        var scene = Draw("blue", "red");
+        var tokenizer = ClipTokenizer.Load(Path.Combine(ShippedModelTests.Folder, "tokenizer"));
+        var bound = InstructTrainer.ChangedRegion(new InstructionPair(scene.Image, "make the circle purple", Draw("purple", "red").Image), tokenizer);
+        Assert.NotNull(bound);
+        var (region, words) = bound.Value;
+        Assert.Equal(scene.Objects[0].Mask, region.Objects.Single().Mask); // exactly the recoloured circle
+        Assert.Equal(["circle", "purple"], words.Words.Where(w => w.Owner == 0).Select(w => w.Word));
+        Assert.Equal(["make", "the"], words.Words.Where(w => w.Owner == CaptionWords.Free).Select(w => w.Word));
+        // A new background changes most of the image, and an instruction may name no shape or colour: nothing is bound.
+        Assert.Null(InstructTrainer.ChangedRegion(new InstructionPair(scene.Image, "put it on a white background", Draw("blue", "red", "white").Image), tokenizer));
+        Assert.Null(InstructTrainer.ChangedRegion(new InstructionPair(scene.Image, "do it", Draw("purple", "red").Image), tokenizer));
+
+        // The weight belongs to the run: a resume with another is refused, naming it.
+        using var dir = new TempDir();
+        WriteDataset(dir.Path, 2);
+        new InstructTrainer(Tiny(dir.File("dataset"), dir.File("bound")) with { Steps = 1, AttentionLossWeight = 1 }).Run();
+        var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("bound")) with { Steps = 2 }).Run());
+        Assert.Contains("attention loss 1; now", error.Message);
+        Assert.Contains("attention loss 0).", error.Message);
+        Assert.Equal("--attention-loss must be 0 or more; got -1.",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("x")) with { AttentionLossWeight = -1 }).Run()).Message);
     }
 
     static Tensor ShippedWeights(string name)
