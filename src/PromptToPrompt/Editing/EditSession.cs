@@ -412,14 +412,22 @@ public sealed class EditSession
 /// </summary>
 public sealed class InvertedImageSession : IDisposable
 {
-    readonly InversionResult _inversion;
+    readonly InversionResult? _inversion;
     readonly SourceCache _cache = new();
 
     public InvertedImageSession(StableDiffusionModel model, RgbImage image, string prompt, InversionSettings settings, string origin,
                                 CancellationToken cancel = default, Action<string>? log = null)
     {
-        _inversion = new Inversion(new StableDiffusionPipeline(model, log)).Invert(image, prompt, settings, cancel: cancel);
-        Session = new EditSession(model, EditSession.FromInversion(_inversion, ReferenceVariant.PromptToPrompt, origin), _cache);
+        try
+        {
+            _inversion = new Inversion(new StableDiffusionPipeline(model, log)).Invert(image, prompt, settings, cancel: cancel);
+            Session = new EditSession(model, EditSession.FromInversion(_inversion, ReferenceVariant.PromptToPrompt, origin), _cache);
+        }
+        catch
+        {
+            Dispose(); // a cancelled or refused inversion leaves nothing behind
+            throw;
+        }
     }
 
     public EditSession Session { get; }
@@ -427,7 +435,7 @@ public sealed class InvertedImageSession : IDisposable
     public void Dispose()
     {
         _cache.Dispose();
-        _inversion.Dispose();
+        _inversion?.Dispose();
     }
 }
 

@@ -124,7 +124,9 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var tokenizer = init.Tokenizer;
         var instructionIds = pairs.Select(p => tokenizer.Tokenize(p.Instruction).Ids).ToArray();
         var emptyIds = tokenizer.Tokenize("").Ids;
-        var bound = options.AttentionLossWeight > 0 ? pairs.Select(pair => ChangedRegion(pair, tokenizer)).ToArray() : null;
+        // What the attention loss binds, per sample (with --random-flip the mirrored pairs follow the pairs, as the latents do).
+        var bound = options.AttentionLossWeight > 0 ? pairs.Select(pair => ChangedRegion(pair, tokenizer)).ToList() : null;
+        if (bound is not null && options.RandomFlip) bound.AddRange(bound.Select(Mirrored).ToList());
 
         var clock = Stopwatch.StartNew();
         var budget = options.Minutes is double m ? TimeSpan.FromMinutes(m) : TimeSpan.MaxValue;
@@ -183,7 +185,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
             var keepImage = tensor(dropped.Select(d => d.Image ? 0f : 1f).ToArray()).reshape(-1, 1, 1, 1);
             var image = imageLatents.index_select(0, index) * keepImage;
             using var localisation = bound is null ? null : new AttentionLocalisationLoss(tokenizer,
-                indices.Select((k, i) => dropped[i].Text ? null : Mirrored(bound[k % pairs.Count], k >= pairs.Count)).ToList(), (int)x0.shape[2], CPU);
+                indices.Select((k, i) => dropped[i].Text ? null : bound[(int)k]).ToList(), (int)x0.shape[2], CPU);
             Tensor predicted;
             using (unet.Hooks.Use(localisation)) predicted = unet.forward(cat([xt, image], 1), t.to(ScalarType.Float32), text.forward(ids));
             var loss = F.mse_loss(predicted, noise);
@@ -227,9 +229,10 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         return (new Scene(pair.Input, pair.Instruction, "", [new SceneObject("", "", "", mask)], false), new CaptionWords(words));
     }
 
-    static (Scene Scene, CaptionWords Caption)? Mirrored((Scene Scene, CaptionWords Caption)? entry, bool mirrored)
+    /// <summary>The same binding for the pair mirrored left to right.</summary>
+    static (Scene Scene, CaptionWords Caption)? Mirrored((Scene Scene, CaptionWords Caption)? entry)
     {
-        if (entry is not var (scene, caption) || !mirrored) return entry;
+        if (entry is not var (scene, caption)) return entry;
         int w = scene.Image.Width;
         var mask = scene.Objects[0].Mask;
         var flipped = new bool[mask.Length];
