@@ -16,7 +16,7 @@ namespace PromptToPrompt.Training;
 public sealed record InstructTrainingOptions(
     string DataDir, string OutDir, string InitModel, long Seed = 0, int Steps = 4000, int Batch = 32, double? Minutes = null,
     double LearningRate = 2e-4, double ConditioningDropout = 0.05, int CheckpointEverySteps = 500, bool RandomFlip = false,
-    double? ConvInLearningRate = null, double AttentionLossWeight = 0)
+    double? ConvInLearningRate = null, double AttentionLossWeight = 0, double EmaDecay = 0)
 {
     public void Validate()
     {
@@ -27,6 +27,7 @@ public sealed record InstructTrainingOptions(
         Check(double.IsFinite(LearningRate) && LearningRate > 0, $"--learning-rate must be a positive number; got {LearningRate}.");
         Check(ConvInLearningRate is null || double.IsFinite(ConvInLearningRate.Value) && ConvInLearningRate > 0, $"--conv-in-learning-rate must be a positive number; got {ConvInLearningRate}.");
         Check(double.IsFinite(AttentionLossWeight) && AttentionLossWeight >= 0, $"--attention-loss must be 0 or more; got {AttentionLossWeight}.");
+        Check(EmaDecay is >= 0 and < 1, $"--ema-decay must be at least 0 (off) and below 1; got {EmaDecay}.");
         Check(ConditioningDropout is >= 0 and <= 1.0 / 3, "the conditioning dropout must be between 0 and 1/3 (it is applied three times: text, image, both).");
     }
 }
@@ -46,7 +47,8 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
     string Checkpoint(string name) => Path.Combine(options.OutDir, "checkpoint", name);
 
     /// <summary>What a checkpoint was trained on; a resume with other data or another start is refused.</summary>
-    sealed record State(int Step, double ElapsedSeconds, int Pairs, string Init, long Seed, int Batch, bool RandomFlip = false, double AttentionLoss = 0);
+    sealed record State(int Step, double ElapsedSeconds, int Pairs, string Init, long Seed, int Batch, bool RandomFlip = false, double AttentionLoss = 0,
+        double Ema = 0);
 
     /// <summary>
     /// A copy of <paramref name="unet"/> whose <c>conv_in</c> takes <paramref name="extraChannels"/> more input channels:
@@ -91,12 +93,17 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         set_num_threads(Math.Max(1, Environment.ProcessorCount));
         var pairs = DatasetIndex.ReadPairs(options.DataDir);
         using var init = StableDiffusionModel.Load(options.InitModel, new ModelPlacement(CPU, ScalarType.Float32), log);
-        var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip, options.AttentionLossWeight);
-        var expected = state with { Pairs = pairs.Count, Init = init.Name, Seed = options.Seed, Batch = options.Batch, RandomFlip = options.RandomFlip, AttentionLoss = options.AttentionLossWeight };
+        var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip, options.AttentionLossWeight, options.EmaDecay);
+        var expected = state with
+        {
+            Pairs = pairs.Count, Init = init.Name, Seed = options.Seed, Batch = options.Batch, RandomFlip = options.RandomFlip,
+            AttentionLoss = options.AttentionLossWeight, Ema = options.EmaDecay,
+        };
         static string Flip(bool on) => on ? "random flip" : "no flip";
         if (state != expected)
-            throw new UserError($"{options.OutDir} holds a training run with other settings (pairs {state.Pairs}, init {state.Init}, seed {state.Seed}, batch {state.Batch}, {Flip(state.RandomFlip)}, attention loss {state.AttentionLoss}; " +
-                                $"now pairs {pairs.Count}, init {init.Name}, seed {options.Seed}, batch {options.Batch}, {Flip(options.RandomFlip)}, attention loss {options.AttentionLossWeight}). Use another --out, or delete {Checkpoint("")}.");
+            throw new UserError($"{options.OutDir} holds a training run with other settings (pairs {state.Pairs}, init {state.Init}, seed {state.Seed}, batch {state.Batch}, {Flip(state.RandomFlip)}, attention loss {state.AttentionLoss}, EMA decay {state.Ema}; " +
+                                $"now pairs {pairs.Count}, init {init.Name}, seed {options.Seed}, batch {options.Batch}, {Flip(options.RandomFlip)}, attention loss {options.AttentionLossWeight}, " +
+                                $"EMA decay {options.EmaDecay}). Use another --out, or delete {Checkpoint("")}.");
         if (state.Step >= options.Steps && state.Step > 0)
         {
             log?.Invoke($"{options.OutDir} is already trained ({state.Step} steps); pass a larger --steps to train it further.");
@@ -111,11 +118,22 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         // A text-to-image model's conv_in is widened for the image latent; an instruction model's already takes it.
         using var unet = Widen(init.UNet, init.IsInstructPix2Pix ? 0 : init.LatentChannels);
         var text = init.TextEncoder;
+        var modules = new (nn.Module Module, string Name)[] { (unet, "unet"), (text, "text_encoder") };
+        List<Tensor>? averages = null;
         if (state.Step > 0)
         {
-            foreach (var (module, name) in new (nn.Module, string)[] { (unet, "unet"), (text, "text_encoder") })
-                using (var source = TensorSource.Open(name, Checkpoint($"{name}.safetensors")))
-                    WeightLoader.Load(module, source, CPU, ScalarType.Float32, trainable: true);
+            void Load(string prefix)
+            {
+                foreach (var (module, name) in modules)
+                    using (var source = TensorSource.Open(name, Checkpoint($"{prefix}{name}.safetensors")))
+                        WeightLoader.Load(module, source, CPU, ScalarType.Float32, trainable: true);
+            }
+            if (options.EmaDecay > 0)
+            {
+                Load("ema_");
+                averages = modules.SelectMany(m => m.Module.parameters()).Select(x => x.detach().clone()).ToList();
+            }
+            Load("");
             log?.Invoke($"resuming at step {state.Step}");
         }
         var (imageLatents, editLatents) = Encode(init, pairs, options.RandomFlip);
@@ -133,22 +151,31 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         double elapsedBefore = state.ElapsedSeconds;
         var scheduler = init.Scheduler with { ClassName = "EulerAncestralDiscreteScheduler" };
 
-        void Save(int step)
-        {
-            Directory.CreateDirectory(Checkpoint(""));
-            ModelFolderWriter.SaveWeights(Checkpoint("unet.safetensors"), unet, ScalarType.Float32);
-            ModelFolderWriter.SaveWeights(Checkpoint("text_encoder.safetensors"), text, ScalarType.Float32);
-            var json = JsonSerializer.Serialize(state with { Step = step, ElapsedSeconds = elapsedBefore + clock.Elapsed.TotalSeconds });
-            AtomicFile.Write(Checkpoint("state.json"), f => f.Write(System.Text.Encoding.UTF8.GetBytes(json)));
-            // The model folder (fp16): an InstructPix2Pix model usable by p2p instruct while training goes on.
-            ModelFolderWriter.Save(options.OutDir, text, unet, init.Vae, scheduler, ScalarType.Float16, "StableDiffusionInstructPix2PixPipeline");
-            ModelFolderWriter.CopyTokenizer(Path.Combine(options.InitModel, "tokenizer"), Path.Combine(options.OutDir, "tokenizer"));
-        }
-
         unet.train();
         text.train();
         var parameters = unet.parameters().Concat(text.parameters()).ToList();
         foreach (var parameter in parameters) parameter.requires_grad = true;
+        using var ema = options.EmaDecay > 0 ? new WeightAverage(parameters, options.EmaDecay, averages) : null;
+        foreach (var a in averages ?? []) a.Dispose();
+
+        void Save(int step)
+        {
+            Directory.CreateDirectory(Checkpoint(""));
+            void SaveCheckpoint(string prefix)
+            {
+                foreach (var (module, name) in modules) ModelFolderWriter.SaveWeights(Checkpoint($"{prefix}{name}.safetensors"), module, ScalarType.Float32);
+            }
+            SaveCheckpoint("");
+            // With --ema-decay the model is the averaged weights (the live ones go on training).
+            ema?.Swap();
+            if (ema is not null) SaveCheckpoint("ema_");
+            // The model folder (fp16): an InstructPix2Pix model usable by p2p instruct while training goes on.
+            ModelFolderWriter.Save(options.OutDir, text, unet, init.Vae, scheduler, ScalarType.Float16, "StableDiffusionInstructPix2PixPipeline");
+            ema?.Swap();
+            ModelFolderWriter.CopyTokenizer(Path.Combine(options.InitModel, "tokenizer"), Path.Combine(options.OutDir, "tokenizer"));
+            var json = JsonSerializer.Serialize(state with { Step = step, ElapsedSeconds = elapsedBefore + clock.Elapsed.TotalSeconds });
+            AtomicFile.Write(Checkpoint("state.json"), f => f.Write(System.Text.Encoding.UTF8.GetBytes(json)));
+        }
         // conv_in, which holds the new image channels, may learn at its own rate.
         var convIn = unet.named_parameters().Where(p => p.name.StartsWith("conv_in.")).Select(p => p.parameter).ToList();
         using var optimizer = optim.AdamW([
@@ -194,6 +221,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
             loss.backward();
             nn.utils.clip_grad_norm_(parameters, 1.0);
             optimizer.step();
+            ema?.Update(step);
             progress?.Report(new TrainingProgress("UNet + text encoder", step + 1, options.Steps, loss.item<float>(), clock.Elapsed));
             if ((step + 1) % options.CheckpointEverySteps == 0 || step + 1 == options.Steps || clock.Elapsed > budget)
             {

@@ -177,8 +177,8 @@ public class InstructTrainerTests
         var output = dir.File("flipped");
         new InstructTrainer(Tiny(dir.File("dataset"), output) with { RandomFlip = true, Steps = 1 }).Run();
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), output) with { Steps = 2 }).Run());
-        Assert.Contains("batch 2, random flip, attention loss 0; now pairs 2", error.Message);
-        Assert.Contains("batch 2, no flip, attention loss 0).", error.Message);
+        Assert.Contains("batch 2, random flip, attention loss 0, EMA decay 0; now pairs 2", error.Message);
+        Assert.Contains("batch 2, no flip, attention loss 0, EMA decay 0).", error.Message);
 
         // An optimizer state of another layout (one parameter group, as runs before --conv-in-learning-rate wrote).
         using (var other = optim.AdamW(nn.Linear(2, 2).parameters(), lr: 1e-3))
@@ -233,10 +233,52 @@ public class InstructTrainerTests
         WriteDataset(dir.Path, 2);
         new InstructTrainer(Tiny(dir.File("dataset"), dir.File("bound")) with { Steps = 1, AttentionLossWeight = 1 }).Run();
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("bound")) with { Steps = 2 }).Run());
-        Assert.Contains("attention loss 1; now", error.Message);
-        Assert.Contains("attention loss 0).", error.Message);
+        Assert.Contains("attention loss 1, EMA decay 0; now", error.Message);
+        Assert.Contains("attention loss 0, EMA decay 0).", error.Message);
         Assert.Equal("--attention-loss must be 0 or more; got -1.",
             Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("x")) with { AttentionLossWeight = -1 }).Run()).Message);
+    }
+
+    [Fact]
+    public void The_weight_average_warms_up_as_diffusers_ema_and_swaps_back()
+    {
+        using var w = nn.Parameter(tensor(new float[] { 1, 2 }));
+        using var average = new WeightAverage([w], decay: 0.5);
+        Assert.Equal([0.1, 2.0 / 11, 0.25, 0.5, 0.5], new[] { 0, 1, 2, 8, 100 }.Select(average.Decay));   // (1+n)/(10+n) reaches the decay at n = 8
+        using (no_grad()) w.copy_(tensor(new float[] { 11, 12 }));
+        average.Update(0);   // 0.1 * 1 + 0.9 * 11 = 10
+        average.Update(1);   // 2/11 * 10 + 9/11 * 11 = 10.8181...
+        average.Swap();
+        Assert.Equal(new[] { 10 + 9f / 11, 11 + 9f / 11 }, w.data<float>().ToArray(), (a, b) => Math.Abs(a - b) < 1e-5);
+        average.Swap();
+        Assert.Equal(new float[] { 11, 12 }, w.data<float>().ToArray());
+    }
+
+    [Fact]
+    public void With_ema_the_model_is_the_averaged_weights_resumed_alike_and_the_decay_belongs_to_the_run()
+    {
+        using var dir = new TempDir();
+        WriteDataset(dir.Path, 2);
+        var data = dir.File("dataset");
+        var straight = dir.File("straight");
+        new InstructTrainer(Tiny(data, straight) with { EmaDecay = 0.9 }).Run();
+        var resumed = dir.File("resumed");
+        for (int run = 0; run < 3; run++) new InstructTrainer(Tiny(data, resumed, minutes: 0) with { EmaDecay = 0.9 }).Run();   // one step per run
+        using var a = StableDiffusionModel.Load(straight, ModelPlacement.Cpu);
+        using var b = StableDiffusionModel.Load(resumed, ModelPlacement.Cpu);
+        Assert.Equal(a.Fingerprint, b.Fingerprint);
+
+        // The folder holds the averages (fp16), not the last weights, which the checkpoint keeps for the next steps.
+        Tensor Weight(string file) { using var source = Loading.TensorSource.Open("unet", Path.Combine(straight, "checkpoint", file)); return source.Read("conv_out.weight").to(ScalarType.Float16); }
+        var saved = a.UNet.named_parameters().First(p => p.name == "conv_out.weight").parameter;
+        Assert.True(saved.eq(Weight("ema_unet.safetensors")).all().item<bool>());
+        Assert.False(saved.eq(Weight("unet.safetensors")).all().item<bool>());
+
+        var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, straight) with { Steps = 4 }).Run());
+        Assert.Contains("attention loss 0, EMA decay 0.9; now", error.Message);
+        Assert.EndsWith("attention loss 0, EMA decay 0). Use another --out, or delete " + Path.Combine(straight, "checkpoint", "") + ".", error.Message);
+        Assert.Equal("--ema-decay must be at least 0 (off) and below 1; got 1.",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, dir.File("x")) with { EmaDecay = 1 }).Run()).Message);
     }
 
     static Tensor ShippedWeights(string name)
