@@ -17,13 +17,19 @@ static class DatasetCommand
         var count = new Option<int>("--count") { Description = "Number of triplets.", Required = true };
         var seed = new Option<long>("--seed") { Description = "Seed of the grammar.", DefaultValueFactory = _ => 0 };
         var output = new Option<string>("--out", "-o") { Description = "Output JSONL file.", Required = true };
+        var kinds = new Option<string?>("--kinds") { Description = $"Only these instruction kinds, comma-separated ({string.Join(", ", ShapeTriplets.Kinds)}; default: all)." };
+        var objects = new Option<string>("--objects") { Description = "Objects per scene: N or MIN,MAX.", DefaultValueFactory = _ => "1,2" };
         var overwrite = CliSupport.Overwrite();
-        var command = new Command("prompts", "Write caption triplets {input, edit, output} from the shipped model's scene grammar.") { count, seed, output, overwrite };
+        var command = new Command("prompts", "Write caption triplets {input, edit, output} from the shipped model's scene grammar.") { count, seed, kinds, objects, output, overwrite };
         command.SetAction(r => CliSupport.Run(() =>
         {
             if (r.GetValue(count) < 1) throw new UserError($"--count must be at least 1; got {r.GetValue(count)}.");
+            var text = r.GetValue(objects)!;
+            var parts = text.Split(',', StringSplitOptions.TrimEntries);
+            if (parts.Length > 2 || !parts.All(p => int.TryParse(p, out _))) throw new UserError($"--objects {text}: give N or MIN,MAX, e.g. --objects 1,2.");
+            var kindList = r.GetValue(kinds)?.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
             Loading.AtomicFile.EnsureWritable(r.GetValue(output)!, r.GetValue(overwrite));
-            ShapeTriplets.Write(r.GetValue(output)!, r.GetValue(count), r.GetValue(seed));
+            ShapeTriplets.Write(r.GetValue(output)!, r.GetValue(count), r.GetValue(seed), kindList, int.Parse(parts[0]), int.Parse(parts[^1]));
             Console.WriteLine(r.GetValue(output));
             return 0;
         }));

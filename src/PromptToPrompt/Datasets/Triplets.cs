@@ -67,23 +67,37 @@ public static class ShapeTriplets
 {
     public static readonly string[] Kinds = ["colour", "shape", "size", "background", "stripes", "add", "remove"];
 
-    public static IEnumerable<string> Generate(int count, long seed)
+    /// <summary>
+    /// <paramref name="count"/> triplets of seed <paramref name="seed"/>, of the given instruction <paramref name="kinds"/>
+    /// (default: all) on scenes of <paramref name="minObjects"/> to <paramref name="maxObjects"/> objects (the grammar's
+    /// default: one or two). With the defaults record <c>i</c> is the grammar's record <c>i</c>.
+    /// </summary>
+    public static IEnumerable<string> Generate(int count, long seed, IReadOnlyList<string>? kinds = null, int minObjects = 1, int maxObjects = 2)
     {
-        for (int i = 0; i < count; i++) yield return One(seed, i);
+        kinds ??= Kinds;
+        if (kinds.Count == 0) throw new UserError($"--kinds names no kind; choose from {string.Join(", ", Kinds)}.");
+        foreach (var kind in kinds)
+            if (!Kinds.Contains(kind)) throw new UserError($"Unknown instruction kind '{kind}'; choose from {string.Join(", ", Kinds)}.");
+        if (minObjects < 1 || maxObjects < minObjects || maxObjects > Scenes.MaxObjects)
+            throw new UserError($"--objects must be N or MIN,MAX with 1 <= MIN <= MAX <= {Scenes.MaxObjects}; got {minObjects},{maxObjects}.");
+        if (kinds.All(k => k == "remove") && maxObjects < 2)
+            throw new UserError("Removing an object needs scenes of two objects or more; allow them with --objects 1,2 or add other --kinds.");
+        if (kinds.All(k => k == "remove")) minObjects = Math.Max(minObjects, 2);
+        return Enumerable.Range(0, count).Select(i => One(seed, i, kinds, minObjects, maxObjects));
     }
 
-    static string One(long seed, int index)
+    static string One(long seed, int index, IReadOnlyList<string> kinds, int minObjects, int maxObjects)
     {
         var rng = new Random(Scenes.StableSeed(seed, index));
         var colours = Scenes.Colours.Keys.ToArray();
         var shapes = Scenes.Shapes;
         var bg = Pick(rng, Scenes.Backgrounds);
         bool striped = rng.NextDouble() < 0.2;
-        int count = rng.Next(1, 3);
+        int count = rng.Next(minObjects, maxObjects + 1);
         var objects = new List<(string Shape, string Colour, string SizeWord)>();
         for (int k = 0; k < count; k++)
             objects.Add((Pick(rng, shapes, s => objects.All(o => o.Shape != s)), Pick(rng, colours, c => c != bg), rng.NextDouble() < 0.5 ? "large" : "small"));
-        var kind = Pick(rng, Kinds, k => k != "remove" || objects.Count > 1);
+        var kind = Pick(rng, kinds, k => k != "remove" || objects.Count > 1);
         var (instruction, edited, newBg, newStriped) = Apply(kind, objects, bg, striped, rng);
         return TripletFile.ToJson(Scenes.Caption(objects, bg, striped), instruction, Scenes.Caption(edited, newBg, newStriped));
     }
@@ -153,10 +167,13 @@ public static class ShapeTriplets
     }
 
     /// <summary>Writes <paramref name="count"/> triplets as JSONL (atomically).</summary>
-    public static void Write(string path, int count, long seed) =>
+    public static void Write(string path, int count, long seed, IReadOnlyList<string>? kinds = null, int minObjects = 1, int maxObjects = 2)
+    {
+        var lines = Generate(count, seed, kinds, minObjects, maxObjects);
         Loading.AtomicFile.Write(path, s =>
         {
             using var w = new StreamWriter(s, new UTF8Encoding(false), -1, leaveOpen: true);
-            foreach (var line in Generate(count, seed)) w.Write(line + "\n");
+            foreach (var line in lines) w.Write(line + "\n");
         });
+    }
 }

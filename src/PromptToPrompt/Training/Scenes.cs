@@ -40,6 +40,8 @@ public sealed record CaptionWords(IReadOnlyList<(string Word, int Owner)> Words)
 public sealed class Scenes(int size = 64)
 {
     public static readonly string[] Shapes = ["circle", "square", "triangle", "star", "ring"];
+    /// <summary>The most objects a scene holds.</summary>
+    public const int MaxObjects = 3;
     public static readonly Dictionary<string, (byte R, byte G, byte B)> Colours = new()
     {
         ["red"] = (220, 40, 40), ["green"] = (40, 180, 60), ["blue"] = (40, 70, 220), ["yellow"] = (235, 220, 50),
@@ -71,7 +73,7 @@ public sealed class Scenes(int size = 64)
     public Scene Generate(long seed, long index, int? objectCount = null)
     {
         var rng = new Random(StableSeed(seed, index));
-        int count = objectCount ?? rng.Next(1, 4);
+        int count = objectCount ?? rng.Next(1, MaxObjects + 1);
         var bg = Backgrounds[rng.Next(Backgrounds.Length)];
         bool striped = rng.NextDouble() < 0.2;
         var objects = new List<(string Shape, string Colour, string SizeWord, double Cx, double Cy, double R)>();

@@ -167,6 +167,11 @@ public class BadInputTests : IClassFixture<BadInputTests.Files>
         { "eval-instruct|--model|{ip2p}|--scheduler|lms", "Unknown scheduler 'lms'. Choose one of: pndm, ddim, euler, euler-a, dpmpp-2m." },
         { EditDog.Replace("{model}", "{ip2p}"), "is an InstructPix2Pix model" },
         { "invert|--model|{ip2p}|--image|{photo}|--prompt|x|--out|{out}/inv.safetensors", "use p2p instruct with it" },
+        // triplets
+        { "dataset|prompts|--count|5|--kinds|colour,hue|--out|{out}/t.jsonl", "Unknown instruction kind 'hue'; choose from colour, shape, size, background, stripes, add, remove." },
+        { "dataset|prompts|--count|5|--objects|1,2,3|--out|{out}/t.jsonl", "--objects 1,2,3: give N or MIN,MAX, e.g. --objects 1,2." },
+        { "dataset|prompts|--count|5|--objects|0|--out|{out}/t.jsonl", "--objects must be N or MIN,MAX with 1 <= MIN <= MAX <= 3; got 0,0." },
+        { "dataset|prompts|--count|5|--kinds|remove|--objects|1|--out|{out}/t.jsonl", "Removing an object needs scenes of two objects or more" },
         // pix2pix-zero
         { Zero + "|--from|red|--to|blue|--directions|{files}/directions", "has 3 sentences; an edit direction needs at least 10" },
         { Zero + "|--from|red|--to|circle", "'red' -> 'circle' is not an edit the shapes grammar can describe" },

@@ -33,6 +33,27 @@ public class DatasetTests
     }
 
     [Fact]
+    public void Triplets_can_be_limited_to_kinds_and_object_counts()
+    {
+        Assert.Equal(ShapeTriplets.Generate(100, 4), ShapeTriplets.Generate(100, 4, ShapeTriplets.Kinds, 1, 2));   // the defaults are the grammar's
+        foreach (var line in ShapeTriplets.Generate(100, 4, ["colour"], 2, 2))
+        {
+            var t = TripletFile.Parse(line);
+            var (objects, background, _) = Scenes.ParseCaption(t.Input)!.Value;
+            var (edited, editedBackground, _) = Scenes.ParseCaption(t.Output)!.Value;
+            Assert.Equal(2, objects.Count);
+            Assert.Equal(background, editedBackground);
+            int changed = Assert.Single(Enumerable.Range(0, 2), i => objects[i] != edited[i]);
+            Assert.Equal($"make the {objects[changed].Shape} {edited[changed].Colour}", t.Edit);
+            Assert.Equal(objects[changed] with { Colour = edited[changed].Colour }, edited[changed]);
+        }
+        // Removing alone draws scenes it can remove from; one to three objects all occur when allowed.
+        Assert.All(ShapeTriplets.Generate(50, 4, ["remove"], 1, 2), l => Assert.Equal(2, Scenes.ParseCaption(TripletFile.Parse(l).Input)!.Value.Objects.Count));
+        Assert.Equal([1, 2, 3], ShapeTriplets.Generate(100, 4, ["add", "shape"], 1, 3)
+            .Select(l => Scenes.ParseCaption(TripletFile.Parse(l).Input)!.Value.Objects.Count).Distinct().Order());
+    }
+
+    [Fact]
     public void Malformed_lines_are_named_by_line_number_and_can_be_skipped()
     {
         using var dir = new TempDir();
