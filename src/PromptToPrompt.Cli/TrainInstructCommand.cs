@@ -8,8 +8,11 @@ static class TrainInstructCommand
 {
     public static Command Create()
     {
-        var defaults = new InstructTrainingOptions("", "", "");
-        var data = new Option<string>("--data") { Description = "Dataset folder written by p2p dataset generate (record folders or data/*.parquet).", Required = true };
+        var defaults = new InstructTrainingOptions([""], "", "");
+        var data = new Option<string[]>("--data")
+        {
+            Description = "Dataset folder written by p2p dataset generate (record folders or data/*.parquet); repeat to train on several as one.", Required = true,
+        };
         var output = new Option<string>("--out", "-o") { Description = "Output model folder (also holds the checkpoint; rerun to resume).", Required = true };
         var init = new Option<string?>("--init") { Description = "Text-to-image diffusers folder to start from (default: the shipped shapes model)." };
         var minutes = new Option<double?>("--minutes") { Description = "Stop (at a checkpoint) after this much wall time; run again to resume." };

@@ -14,13 +14,16 @@ namespace PromptToPrompt.Training;
 /// seed, data and steps give the same model) and <see cref="Minutes"/> only caps wall time.
 /// </summary>
 public sealed record InstructTrainingOptions(
-    string DataDir, string OutDir, string InitModel, long Seed = 0, int Steps = 4000, int Batch = 32, double? Minutes = null,
+    IReadOnlyList<string> DataDirs, string OutDir, string InitModel, long Seed = 0, int Steps = 4000, int Batch = 32, double? Minutes = null,
     double LearningRate = 2e-4, double ConditioningDropout = 0.05, int CheckpointEverySteps = 500, bool RandomFlip = false,
     double? ConvInLearningRate = null, double AttentionLossWeight = 0, double EmaDecay = 0)
 {
     public void Validate()
     {
         static void Check(bool ok, string message) { if (!ok) throw new UserError(message); }
+        Check(DataDirs.Count > 0, "--data: give the dataset folder (repeat --data to train on several).");
+        var twice = DataDirs.GroupBy(d => Path.TrimEndingDirectorySeparator(Path.GetFullPath(d))).FirstOrDefault(g => g.Count() > 1);
+        Check(twice is null, $"--data {twice?.First()} is given twice; give each dataset once.");
         Check(Steps >= 0, $"--steps must be 0 or more; got {Steps}.");
         Check(Batch >= 1 && CheckpointEverySteps >= 1, "the batch size and the checkpoint interval must be at least 1.");
         Check(Minutes is null or >= 0 && (Minutes is null || double.IsFinite(Minutes.Value)), "--minutes must be a finite number of 0 or more.");
@@ -91,7 +94,9 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         if (File.Exists(Path.Combine(options.OutDir, "model_index.json")) && !File.Exists(Checkpoint("state.json")))
             throw new UserError($"{options.OutDir} already holds a model that this command did not train; give a new --out folder (nothing is overwritten).");
         set_num_threads(Math.Max(1, Environment.ProcessorCount));
-        var pairs = DatasetIndex.ReadPairs(options.DataDir);
+        // Several datasets are trained on as one: their pairs in the order given.
+        var sets = options.DataDirs.Select(dir => (Dir: dir, Pairs: DatasetIndex.ReadPairs(dir))).ToList();
+        var pairs = sets.SelectMany(set => set.Pairs).ToList();
         using var init = StableDiffusionModel.Load(options.InitModel, new ModelPlacement(CPU, ScalarType.Float32), log);
         var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip, options.AttentionLossWeight, options.EmaDecay);
         var expected = state with
@@ -110,10 +115,13 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
             return;
         }
         int size = init.DefaultImageSize;
-        var wrong = pairs.FirstOrDefault(p => p.Input.Width != size || p.Input.Height != size || p.Edited.Width != size || p.Edited.Height != size);
-        if (wrong is not null)
-            throw new UserError($"{options.DataDir} holds {wrong.Input.Width}x{wrong.Input.Height} images; {init.Name} is trained at {size}x{size}. " +
-                                "Generate the dataset with the model it trains (p2p dataset generate --model ...).");
+        foreach (var (dir, set) in sets)
+        {
+            var wrong = set.FirstOrDefault(p => p.Input.Width != size || p.Input.Height != size || p.Edited.Width != size || p.Edited.Height != size);
+            if (wrong is not null)
+                throw new UserError($"{dir} holds {wrong.Input.Width}x{wrong.Input.Height} images; {init.Name} is trained at {size}x{size}. " +
+                                    "Generate the dataset with the model it trains (p2p dataset generate --model ...).");
+        }
 
         // A text-to-image model's conv_in is widened for the image latent; an instruction model's already takes it.
         using var unet = Widen(init.UNet, init.IsInstructPix2Pix ? 0 : init.LatentChannels);

@@ -25,7 +25,7 @@ public class InstructTrainerTests
     }
 
     static InstructTrainingOptions Tiny(string data, string output, double? minutes = null) =>
-        new(data, output, ShippedModelTests.Folder, Seed: 5, Steps: 3, Batch: 2, Minutes: minutes, CheckpointEverySteps: 1);
+        new([data], output, ShippedModelTests.Folder, Seed: 5, Steps: 3, Batch: 2, Minutes: minutes, CheckpointEverySteps: 1);
 
     [Fact]
     public void The_widened_unet_equals_the_old_one_whatever_the_new_channels_hold()
@@ -285,6 +285,32 @@ public class InstructTrainerTests
     {
         using var model = StableDiffusionModel.Load(ShippedModelTests.Folder, ModelPlacement.Cpu);
         return model.UNet.named_parameters().First(p => p.name == name).parameter.detach().clone();
+    }
+
+    [Fact]
+    public void Several_datasets_train_as_one_holding_their_records_in_order()
+    {
+        using var dir = new TempDir();
+        WriteDataset(dir.Path, 2);
+        var first = dir.File("dataset");
+        var second = dir.File("second");
+        var joined = dir.File("joined");
+        static void CopyRecord(string from, string to)
+        {
+            Directory.CreateDirectory(to);
+            foreach (var file in Directory.GetFiles(from)) File.Copy(file, Path.Combine(to, Path.GetFileName(file)));
+        }
+        CopyRecord(Path.Combine(first, "0000001"), Path.Combine(second, "0000000"));
+        CopyRecord(Path.Combine(first, "0000000"), Path.Combine(second, "0000001"));
+        for (int i = 0; i < 4; i++) CopyRecord(Path.Combine(i < 2 ? first : second, $"{i % 2:D7}"), Path.Combine(joined, $"{i:D7}"));
+        new InstructTrainer(Tiny(first, dir.File("a")) with { DataDirs = [first, second] }).Run();
+        new InstructTrainer(Tiny(joined, dir.File("b"))).Run();
+        using var a = StableDiffusionModel.Load(dir.File("a"), ModelPlacement.Cpu);
+        using var b = StableDiffusionModel.Load(dir.File("b"), ModelPlacement.Cpu);
+        Assert.Equal(b.Fingerprint, a.Fingerprint);
+        Assert.Contains("\"Pairs\":4", File.ReadAllText(Path.Combine(dir.File("a"), "checkpoint", "state.json")));
+        Assert.Equal($"--data {first} is given twice; give each dataset once.",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(first, dir.File("d")) with { DataDirs = [first, second, first + "/"] }).Run()).Message);
     }
 
     [Fact]
