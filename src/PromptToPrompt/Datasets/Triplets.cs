@@ -74,14 +74,15 @@ public static class ShapeTriplets
     /// </summary>
     public static IEnumerable<string> Generate(int count, long seed, IReadOnlyList<string>? kinds = null, int minObjects = 1, int maxObjects = 2)
     {
-        kinds ??= Kinds;
-        if (kinds.Count == 0) throw new UserError($"--kinds names no kind; choose from {string.Join(", ", Kinds)}.");
-        foreach (var kind in kinds)
+        if (kinds?.Count == 0) throw new UserError($"--kinds names no kind; choose from {string.Join(", ", Kinds)}.");
+        foreach (var kind in kinds ?? [])
             if (!Kinds.Contains(kind)) throw new UserError($"Unknown instruction kind '{kind}'; choose from {string.Join(", ", Kinds)}.");
         if (minObjects < 1 || maxObjects < minObjects || maxObjects > Scenes.MaxObjects)
             throw new UserError($"--objects must be N or MIN,MAX with 1 <= MIN <= MAX <= {Scenes.MaxObjects}; got {minObjects},{maxObjects}.");
-        if (kinds.All(k => k == "remove") && maxObjects < 2)
-            throw new UserError("Removing an object needs scenes of two objects or more; allow them with --objects 1,2 or add other --kinds.");
+        // Removal asked for by name must be possible; among all kinds it is drawn only where a scene has two objects.
+        if (kinds?.Contains("remove") == true && maxObjects < 2)
+            throw new UserError("Removing an object needs scenes of two objects or more; allow them with --objects 1,2, or leave remove out of --kinds.");
+        kinds ??= Kinds;
         if (kinds.All(k => k == "remove")) minObjects = Math.Max(minObjects, 2);
         return Enumerable.Range(0, count).Select(i => One(seed, i, kinds, minObjects, maxObjects));
     }

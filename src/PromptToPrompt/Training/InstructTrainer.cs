@@ -127,20 +127,14 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         using var unet = Widen(init.UNet, init.IsInstructPix2Pix ? 0 : init.LatentChannels);
         var text = init.TextEncoder;
         var modules = new (nn.Module Module, string Name)[] { (unet, "unet"), (text, "text_encoder") };
-        List<Tensor>? averages = null;
+        void Load(string prefix)
+        {
+            foreach (var (module, name) in modules)
+                using (var source = TensorSource.Open(name, Checkpoint($"{prefix}{name}.safetensors")))
+                    WeightLoader.Load(module, source, CPU, ScalarType.Float32, trainable: true);
+        }
         if (state.Step > 0)
         {
-            void Load(string prefix)
-            {
-                foreach (var (module, name) in modules)
-                    using (var source = TensorSource.Open(name, Checkpoint($"{prefix}{name}.safetensors")))
-                        WeightLoader.Load(module, source, CPU, ScalarType.Float32, trainable: true);
-            }
-            if (options.EmaDecay > 0)
-            {
-                Load("ema_");
-                averages = modules.SelectMany(m => m.Module.parameters()).Select(x => x.detach().clone()).ToList();
-            }
             Load("");
             log?.Invoke($"resuming at step {state.Step}");
         }
@@ -163,8 +157,14 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         text.train();
         var parameters = unet.parameters().Concat(text.parameters()).ToList();
         foreach (var parameter in parameters) parameter.requires_grad = true;
-        using var ema = options.EmaDecay > 0 ? new WeightAverage(parameters, options.EmaDecay, averages) : null;
-        foreach (var a in averages ?? []) a.Dispose();
+        using var ema = options.EmaDecay > 0 ? new WeightAverage(parameters, options.EmaDecay) : null;
+        if (ema is not null && state.Step > 0)
+        {
+            // The checkpoint's averages are loaded into the weights and swapped into the average.
+            ema.Swap();
+            Load("ema_");
+            ema.Swap();
+        }
 
         void Save(int step)
         {

@@ -15,14 +15,13 @@ public sealed class WeightAverage : IDisposable
     readonly List<Tensor> average;
     readonly double decay;
 
-    /// <param name="averages">Averages carried over from a checkpoint, in the order of <paramref name="parameters"/> (default: the weights themselves).</param>
-    public WeightAverage(IEnumerable<Parameter> parameters, double decay, IReadOnlyList<Tensor>? averages = null)
+    /// <summary>Starts every average at its weight's value.</summary>
+    public WeightAverage(IEnumerable<Parameter> parameters, double decay)
     {
         live = parameters.ToList();
         this.decay = decay;
         using var _ = no_grad();
-        average = averages?.Select(a => a.detach().clone()).ToList() ?? live.Select(p => p.detach().clone()).ToList();
-        if (average.Count != live.Count) throw new ArgumentException("one average per parameter");
+        average = live.Select(p => p.detach().clone()).ToList();
     }
 
     /// <summary>The decay of update <paramref name="n"/> (0-based).</summary>

@@ -35,7 +35,15 @@ public class DatasetTests
     [Fact]
     public void Triplets_can_be_limited_to_kinds_and_object_counts()
     {
-        Assert.Equal(ShapeTriplets.Generate(100, 4), ShapeTriplets.Generate(100, 4, ShapeTriplets.Kinds, 1, 2));   // the defaults are the grammar's
+        // The defaults are the grammar's: the same records as before the options existed (record 1 of seed 7 is the
+        // README's "make the triangle blue"), and all kinds named are the same as none.
+        Assert.Equal("make the triangle blue", TripletFile.Parse(ShapeTriplets.Generate(8, 7).ElementAt(1)).Edit);
+        Assert.Equal(ShapeTriplets.Generate(100, 4), ShapeTriplets.Generate(100, 4, ShapeTriplets.Kinds, 1, 2));
+        // One object per scene with every kind: removal, which needs two, is never drawn.
+        Assert.DoesNotContain(ShapeTriplets.Generate(100, 4, minObjects: 1, maxObjects: 1).Select(l => TripletFile.Parse(l).Edit),
+            e => e.StartsWith("remove the ") && e != "remove the stripes from the background");
+        Assert.StartsWith("Removing an object needs scenes of two objects or more",
+            Assert.Throws<UserError>(() => ShapeTriplets.Generate(5, 4, ["colour", "remove"], 1, 1)).Message);
         foreach (var line in ShapeTriplets.Generate(100, 4, ["colour"], 2, 2))
         {
             var t = TripletFile.Parse(line);
