@@ -76,7 +76,8 @@ public class DeployTests
         int port = 18000 + Random.Shared.Next(1000);
         stub.Prefixes.Add($"http://127.0.0.1:{port}/");
         stub.Start();
-        var serving = Task.Run(() =>
+        // A thread of its own: under the parallel test run the thread pool can be starved for longer than kubectl's 32 s timeout.
+        var serving = new Thread(() =>
         {
             while (stub.IsListening)
             {
@@ -97,7 +98,8 @@ public class DeployTests
                 c.Response.OutputStream.Write(bytes);
                 c.Response.Close();
             }
-        });
+        }) { IsBackground = true };
+        serving.Start();
         File.WriteAllText(dir.File("kubeconfig"), $"apiVersion: v1\nkind: Config\nclusters:\n- name: stub\n  cluster:\n    server: http://127.0.0.1:{port}\n" +
             "contexts:\n- name: stub\n  context:\n    cluster: stub\n    namespace: default\ncurrent-context: stub\nusers: []\n");
         var env = new Dictionary<string, string?> { ["KUBECONFIG"] = dir.File("kubeconfig") };

@@ -88,7 +88,7 @@ public class SdxlSingleFileTests(ConformanceData data)
         Assert.Equal(["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"], c.UNet.DownBlockTypes);
         Assert.Equal(["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], c.UNet.UpBlockTypes);
         Assert.Equal([5, 10, 20], c.UNet.HeadsPerBlock);
-        Assert.Equal([1, 2, 10], c.UNet.TransformerLayersPerBlock);
+        Assert.Equal([1, 2, 10], c.UNet.TransformerLayersPerBlock!);
         Assert.Equal((2, 2048, true, false), (c.UNet.LayersPerBlock, c.UNet.CrossAttentionDim, c.UNet.UseLinearProjection, c.UNet.UpcastAttention));
         Assert.Equal((256, 2816, 128), (c.UNet.AdditionTimeEmbedDim, c.UNet.ProjectionClassEmbeddingsInputDim, c.UNet.SampleSize));
         Assert.Equal(0.13025, c.Vae.ScalingFactor);
