@@ -21,12 +21,13 @@ public class ShippedInstructModelTests(ITestOutputHelper output)
         var report = new InstructEvaluation(pipeline, null).Run(samples: 5, promptToPromptSamples: 0, seed: 0);
         output.WriteLine(report.ToTable());
         // Measured on this sample (README, "The shipped instruction model"): the instructed colour lands on the object in
-        // all 5 recolourings, its mask IoU with the drawn object 0.73 on average, 3 of 5 at IoU >= 0.8; shape and size
-        // changes draw the new object every time and keep the other objects (mean IoU 0.92 and 0.90, counted 1 where there
-        // is none). The issue's target for a recolouring (IoU >= 0.8 with the drawn object in 80% of cases) is not met: issue 17.
+        // all 5 recolourings, its mask IoU with the drawn object 0.85 on average, 4 of 5 at IoU >= 0.8; shape and size
+        // changes draw the new object every time and keep the other objects (mean IoU 0.88 and 0.91, counted 1 where there
+        // is none). The issue's target for a recolouring (IoU >= 0.8 with the drawn object in 80% of cases) is reached on these
+        // 5 scenes but not on the README's 20 (70%): issue 17.
         Assert.True(report.Recolour.NewColour >= 0.8, $"the instructed colour landed on the object in only {report.Recolour.NewColour:P0} of recolourings");
-        Assert.True(report.Recolour.MaskIoU >= 0.65, $"recoloured objects' mask IoU with the drawn ones {report.Recolour.MaskIoU:0.00} < 0.65");
-        Assert.True(report.Recolour.Both >= 0.4, $"only {report.Recolour.Both:P0} of recolourings reached the new colour at mask IoU >= 0.8 (< 40%)");
+        Assert.True(report.Recolour.MaskIoU >= 0.75, $"recoloured objects' mask IoU with the drawn ones {report.Recolour.MaskIoU:0.00} < 0.75");
+        Assert.True(report.Recolour.Both >= 0.6, $"only {report.Recolour.Both:P0} of recolourings reached the new colour at mask IoU >= 0.8 (< 60%)");
         foreach (var kind in new[] { "shape", "size" })
         {
             var r = report.Kinds[kind].Instruct;
