@@ -16,9 +16,10 @@ public sealed record InstructMethodReport(int Samples, double Passed, double Ins
 /// <summary>
 /// Recolourings measured against the drawn object (<see cref="InstructEvaluation.RecolourMeasures"/>): the share with the
 /// new colour where the object is, the mean IoU of the new colour's mask with the drawn mask, the share with both (IoU ≥ 0.8),
-/// and the share in which another object took the new colour (the instruction bound to the wrong object).
+/// and the share in which another object took the new colour (the instruction bound to the wrong object); the share with
+/// both also on the one-object and the two-object scenes alone (half the scenes each; NaN where there are none).
 /// </summary>
-public sealed record RecolourReport(double NewColour, double MaskIoU, double Both, double OtherObject);
+public sealed record RecolourReport(double NewColour, double MaskIoU, double Both, double OtherObject, double BothOneObject, double BothTwoObjects);
 
 public sealed record InstructReport(IReadOnlyDictionary<string, (InstructMethodReport Instruct, InstructMethodReport? PromptToPrompt)> Kinds,
     RecolourReport Recolour, RecolourReport? RecolourPromptToPrompt)
@@ -38,8 +39,10 @@ public sealed record InstructReport(IReadOnlyDictionary<string, (InstructMethodR
             lines.Add(Row(kind, "InstructPix2Pix", instruct));
             if (p2p is not null) lines.Add(Row("", "P2P + null-text", p2p));
         }
-        lines.Add($"recolouring, against the drawn object   new colour   mask IoU   both (IoU >= {RecolourIoU})   other object recoloured");
-        string Recolouring(string method, RecolourReport r) => $"  {method,-37} {r.NewColour,10:P0}   {r.MaskIoU,8:0.000}   {r.Both,18:P0}   {r.OtherObject,23:P0}";
+        lines.Add($"recolouring, against the drawn object   new colour   mask IoU   both (IoU >= {RecolourIoU})   1 / 2 objects   other object recoloured");
+        string Recolouring(string method, RecolourReport r) =>
+            $"  {method,-37} {r.NewColour,10:P0}   {r.MaskIoU,8:0.000}   {r.Both,17:P0}   {$"{Share(r.BothOneObject)} / {Share(r.BothTwoObjects)}",13}   {r.OtherObject,23:P0}";
+        static string Share(double v) => double.IsNaN(v) ? "–" : v.ToString("P0");
         lines.Add(Recolouring("InstructPix2Pix", Recolour));
         if (RecolourPromptToPrompt is { } r) lines.Add(Recolouring("P2P + null-text", r));
         return string.Join("\n", lines);
@@ -64,7 +67,7 @@ public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableD
     {
         var scenes = new Scenes(instruct.Model.DefaultImageSize);
         var kinds = new Dictionary<string, (InstructMethodReport, InstructMethodReport?)>();
-        var recolour = new List<(bool Colour, double IoU, bool OtherObject)>[] { [], [] };
+        var recolour = new List<(bool Colour, double IoU, bool OtherObject, int Objects)>[] { [], [] };
         int p2pSamples = promptToPrompt is null ? 0 : Math.Min(samples, promptToPromptSamples);
         for (int k = 0; k < ShapeTriplets.Kinds.Length; k++)
         {
@@ -99,15 +102,20 @@ public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableD
                 {
                     int changed = Changed(objects, edited);
                     for (int m = 0; m < images.Count - 1; m++)
-                        recolour[m].Add(RecolourMeasures(scene, changed, edited[changed].Colour, images[m + 1]));
+                    {
+                        var (colour, iou, other) = RecolourMeasures(scene, changed, edited[changed].Colour, images[m + 1]);
+                        recolour[m].Add((colour, iou, other, objects.Count));
+                    }
                 }
                 showEdit?.Invoke($"{kind}_{i:000}", [caption, $"\"{instruction}\"", .. images.Count > 2 ? new[] { $"P2P: {target}" } : []], [.. images]);
                 progress?.Report($"{kind} {i + 1}/{samples}");
             }
             kinds[kind] = (Summary(scores[0]), scores[1].Count > 0 ? Summary(scores[1]) : null);
         }
-        RecolourReport Recolour(List<(bool Colour, double IoU, bool OtherObject)> r) => new(r.Average(x => x.Colour ? 1.0 : 0), r.Average(x => x.IoU),
-            r.Average(x => x.Colour && x.IoU >= InstructReport.RecolourIoU ? 1.0 : 0), r.Average(x => x.OtherObject ? 1.0 : 0));
+        static double Both(IEnumerable<(bool Colour, double IoU, bool OtherObject, int Objects)> r) =>
+            r.Any() ? r.Average(x => x.Colour && x.IoU >= InstructReport.RecolourIoU ? 1.0 : 0) : double.NaN;
+        RecolourReport Recolour(List<(bool Colour, double IoU, bool OtherObject, int Objects)> r) => new(r.Average(x => x.Colour ? 1.0 : 0),
+            r.Average(x => x.IoU), Both(r), r.Average(x => x.OtherObject ? 1.0 : 0), Both(r.Where(x => x.Objects == 1)), Both(r.Where(x => x.Objects == 2)));
         return new InstructReport(kinds, Recolour(recolour[0]), recolour[1].Count > 0 ? Recolour(recolour[1]) : null);
     }
 

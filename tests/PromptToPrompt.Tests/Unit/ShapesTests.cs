@@ -138,6 +138,16 @@ public class ScenesTests
         Assert.Equal((true, 1.0, false), InstructEvaluation.RecolourMeasures(second, 0, "purple", sameAsSquare.Image));
     }
 
+    [Fact]
+    public void The_eval_instruct_table_splits_the_recolourings_by_object_count_and_marks_a_missing_count()
+    {
+        var kinds = new Dictionary<string, (InstructMethodReport, InstructMethodReport?)> { ["colour"] = (new(3, 2 / 3.0, 0.7, 0.8, 4, 0.3), null) };
+        var table = new InstructReport(kinds, new RecolourReport(1, 0.75, 2 / 3.0, 0, 0.5, 1), new RecolourReport(1, 0.9, 1, 0, 1, double.NaN)).ToTable().Split('\n');
+        Assert.Contains("both (IoU >= 0.8)   1 / 2 objects   other object recoloured", table[^3]);
+        Assert.Equal("  InstructPix2Pix                            100 %      0.750                67 %    50 % / 100 %                       0 %", table[^2]);
+        Assert.Equal("  P2P + null-text                            100 %      0.900               100 %       100 % / –                       0 %", table[^1]);
+    }
+
     static RgbImage BoxBlur(RgbImage image, int radius = 2)
     {
         var pixels = new byte[image.Pixels.Length];

@@ -28,6 +28,8 @@ public class ShippedInstructModelTests(ITestOutputHelper output)
         Assert.True(report.Recolour.NewColour >= 0.8, $"the instructed colour landed on the object in only {report.Recolour.NewColour:P0} of recolourings");
         Assert.True(report.Recolour.MaskIoU >= 0.75, $"recoloured objects' mask IoU with the drawn ones {report.Recolour.MaskIoU:0.00} < 0.75");
         Assert.True(report.Recolour.Both >= 0.6, $"only {report.Recolour.Both:P0} of recolourings reached the new colour at mask IoU >= 0.8 (< 60%)");
+        // The 5 scenes alternate one object and two (3 and 2 of them), and the split shares add up to the whole.
+        Assert.Equal(report.Recolour.Both, (3 * report.Recolour.BothOneObject + 2 * report.Recolour.BothTwoObjects) / 5, 9);
         foreach (var kind in new[] { "shape", "size" })
         {
             var r = report.Kinds[kind].Instruct;
