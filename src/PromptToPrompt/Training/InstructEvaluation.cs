@@ -4,6 +4,7 @@ using PromptToPrompt.Datasets;
 using PromptToPrompt.Editing;
 using PromptToPrompt.Imaging;
 using PromptToPrompt.Pipelines;
+using RecolourSample = (bool Colour, double IoU, bool OtherObject, int Objects);
 
 namespace PromptToPrompt.Training;
 
@@ -67,7 +68,7 @@ public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableD
     {
         var scenes = new Scenes(instruct.Model.DefaultImageSize);
         var kinds = new Dictionary<string, (InstructMethodReport, InstructMethodReport?)>();
-        var recolour = new List<(bool Colour, double IoU, bool OtherObject, int Objects)>[] { [], [] };
+        var recolour = new List<RecolourSample>[] { [], [] };
         int p2pSamples = promptToPrompt is null ? 0 : Math.Min(samples, promptToPromptSamples);
         for (int k = 0; k < ShapeTriplets.Kinds.Length; k++)
         {
@@ -112,9 +113,9 @@ public sealed class InstructEvaluation(InstructPix2PixPipeline instruct, StableD
             }
             kinds[kind] = (Summary(scores[0]), scores[1].Count > 0 ? Summary(scores[1]) : null);
         }
-        static double Both(IEnumerable<(bool Colour, double IoU, bool OtherObject, int Objects)> r) =>
+        static double Both(IEnumerable<RecolourSample> r) =>
             r.Any() ? r.Average(x => x.Colour && x.IoU >= InstructReport.RecolourIoU ? 1.0 : 0) : double.NaN;
-        RecolourReport Recolour(List<(bool Colour, double IoU, bool OtherObject, int Objects)> r) => new(r.Average(x => x.Colour ? 1.0 : 0),
+        RecolourReport Recolour(List<RecolourSample> r) => new(r.Average(x => x.Colour ? 1.0 : 0),
             r.Average(x => x.IoU), Both(r), r.Average(x => x.OtherObject ? 1.0 : 0), Both(r.Where(x => x.Objects == 1)), Both(r.Where(x => x.Objects == 2)));
         return new InstructReport(kinds, Recolour(recolour[0]), recolour[1].Count > 0 ? Recolour(recolour[1]) : null);
     }
