@@ -16,7 +16,7 @@ namespace PromptToPrompt.Training;
 public sealed record InstructTrainingOptions(
     IReadOnlyList<string> DataDirs, string OutDir, string InitModel, long Seed = 0, int Steps = 4000, int Batch = 32, double? Minutes = null,
     double LearningRate = 2e-4, double ConditioningDropout = 0.05, int CheckpointEverySteps = 500, bool RandomFlip = false,
-    double? ConvInLearningRate = null, double AttentionLossWeight = 0, double EmaDecay = 0)
+    double? ConvInLearningRate = null, double AttentionLossWeight = 0, double EmaDecay = 0, int? LayersPerBlock = null)
 {
     public void Validate()
     {
@@ -30,6 +30,7 @@ public sealed record InstructTrainingOptions(
         Check(double.IsFinite(LearningRate) && LearningRate > 0, $"--learning-rate must be a positive number; got {LearningRate}.");
         Check(ConvInLearningRate is null || double.IsFinite(ConvInLearningRate.Value) && ConvInLearningRate > 0, $"--conv-in-learning-rate must be a positive number; got {ConvInLearningRate}.");
         Check(double.IsFinite(AttentionLossWeight) && AttentionLossWeight >= 0, $"--attention-loss must be 0 or more; got {AttentionLossWeight}.");
+        Check(LayersPerBlock is null or >= 1, $"--layers-per-block must be at least 1; got {LayersPerBlock}.");
         Check(EmaDecay is >= 0 and < 1, $"--ema-decay must be at least 0 (off) and below 1; got {EmaDecay}.");
         Check(ConditioningDropout is >= 0 and <= 1.0 / 3, "the conditioning dropout must be between 0 and 1/3 (it is applied three times: text, image, both).");
     }
@@ -51,7 +52,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
 
     /// <summary>What a checkpoint was trained on; a resume with other data or another start is refused.</summary>
     sealed record State(int Step, double ElapsedSeconds, int Pairs, string Init, long Seed, int Batch, bool RandomFlip = false, double AttentionLoss = 0,
-        double Ema = 0);
+        double Ema = 0, int LayersPerBlock = 0);
 
     /// <summary>
     /// A copy of <paramref name="unet"/> whose <c>conv_in</c> takes <paramref name="extraChannels"/> more input channels:
@@ -80,6 +81,42 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
     }
 
     /// <summary>
+    /// A copy of <paramref name="unet"/> with <paramref name="layers"/> layers per block (at least its own), that computes
+    /// what <paramref name="unet"/> computes until trained. Every new layer — a ResNet, with a transformer in an attention
+    /// block — starts as the identity: the ResNet's last convolution and the transformer's output projection zero, and in
+    /// an up block the ResNet's shortcut passing its input through and dropping the skip connection. A down block's new
+    /// layers follow its own, so their skip connections repeat its last; an up block's follow its first, which is where
+    /// it reads those repeats. The new layers' other weights are drawn from <paramref name="seed"/>.
+    /// </summary>
+    public static UNet2DConditionModel Deepen(UNet2DConditionModel unet, int layers, long seed)
+    {
+        int added = layers - unet.Config.LayersPerBlock;
+        if (added < 0)
+            throw new UserError($"--layers-per-block {layers}: the model already has {unet.Config.LayersPerBlock} layers per block; a model can be made deeper, not shallower.");
+        manual_seed(seed);
+        var deeper = new UNet2DConditionModel(unet.Config with { LayersPerBlock = layers });
+        var first = unet.parameters().First();
+        deeper.to(first.device, first.dtype);
+        // An up block's layer k > 0 moves to k + added.
+        static string Moved(string name, int added) => System.Text.RegularExpressions.Regex.Replace(name, @"^(up_blocks\.\d+\.(?:resnets|attentions))\.(\d+)\.",
+            m => int.Parse(m.Groups[2].Value) is var k and > 0 ? $"{m.Groups[1].Value}.{k + added}." : m.Value);
+        var source = unet.named_parameters().ToDictionary(p => Moved(p.name, added), p => p.parameter);
+        using (no_grad())
+            foreach (var (name, target) in deeper.named_parameters())
+            {
+                if (source.TryGetValue(name, out var value)) target.copy_(value);
+                else if (name.Contains(".conv2.") || name.Contains(".proj_out.") || name.EndsWith(".conv_shortcut.bias")) target.zero_();
+                else if (name.EndsWith(".conv_shortcut.weight"))
+                {
+                    long outChannels = target.shape[0];
+                    target.zero_();
+                    target.narrow(1, 0, outChannels).copy_(eye(outChannels, dtype: target.dtype, device: target.device).reshape(outChannels, outChannels, 1, 1));
+                }
+            }
+        return deeper;
+    }
+
+    /// <summary>
     /// Which conditions a sample drops, from a uniform draw <paramref name="u"/> in [0, 1), as diffusers' training script
     /// draws it: u &lt; 2p drops the text, p &lt;= u &lt; 3p the image — so [0, p) text only, [p, 2p) both, [2p, 3p) image only.
     /// </summary>
@@ -98,17 +135,19 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var sets = options.DataDirs.Select(dir => (Dir: dir, Pairs: DatasetIndex.ReadPairs(dir))).ToList();
         var pairs = sets.SelectMany(set => set.Pairs).ToList();
         using var init = StableDiffusionModel.Load(options.InitModel, new ModelPlacement(CPU, ScalarType.Float32), log);
-        var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip, options.AttentionLossWeight, options.EmaDecay);
+        var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip, options.AttentionLossWeight, options.EmaDecay,
+            options.LayersPerBlock ?? 0);
         var expected = state with
         {
             Pairs = pairs.Count, Init = init.Name, Seed = options.Seed, Batch = options.Batch, RandomFlip = options.RandomFlip,
-            AttentionLoss = options.AttentionLossWeight, Ema = options.EmaDecay,
+            AttentionLoss = options.AttentionLossWeight, Ema = options.EmaDecay, LayersPerBlock = options.LayersPerBlock ?? 0,
         };
         static string Flip(bool on) => on ? "random flip" : "no flip";
+        static string Layers(int n) => n == 0 ? "the init's layers per block" : $"{n} layers per block";
         if (state != expected)
-            throw new UserError($"{options.OutDir} holds a training run with other settings (pairs {state.Pairs}, init {state.Init}, seed {state.Seed}, batch {state.Batch}, {Flip(state.RandomFlip)}, attention loss {state.AttentionLoss}, EMA decay {state.Ema}; " +
+            throw new UserError($"{options.OutDir} holds a training run with other settings (pairs {state.Pairs}, init {state.Init}, seed {state.Seed}, batch {state.Batch}, {Flip(state.RandomFlip)}, attention loss {state.AttentionLoss}, EMA decay {state.Ema}, {Layers(state.LayersPerBlock)}; " +
                                 $"now pairs {pairs.Count}, init {init.Name}, seed {options.Seed}, batch {options.Batch}, {Flip(options.RandomFlip)}, attention loss {options.AttentionLossWeight}, " +
-                                $"EMA decay {options.EmaDecay}). Use another --out, or delete {Checkpoint("")}.");
+                                $"EMA decay {options.EmaDecay}, {Layers(options.LayersPerBlock ?? 0)}). Use another --out, or delete {Checkpoint("")}.");
         if (state.Step >= options.Steps && state.Step > 0)
         {
             log?.Invoke($"{options.OutDir} is already trained ({state.Step} steps); pass a larger --steps to train it further.");
@@ -123,8 +162,11 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
                                     "Generate the dataset with the model it trains (p2p dataset generate --model ...).");
         }
 
-        // A text-to-image model's conv_in is widened for the image latent; an instruction model's already takes it.
-        using var unet = Widen(init.UNet, init.IsInstructPix2Pix ? 0 : init.LatentChannels);
+        // A text-to-image model's conv_in is widened for the image latent; an instruction model's already takes it. With
+        // --layers-per-block the UNet is then made deeper (the new layers start as the identity).
+        using var widened = Widen(init.UNet, init.IsInstructPix2Pix ? 0 : init.LatentChannels);
+        using var deeper = options.LayersPerBlock is int layers ? Deepen(widened, layers, options.Seed) : null;
+        var unet = deeper ?? widened;
         var text = init.TextEncoder;
         var modules = new (nn.Module Module, string Name)[] { (unet, "unet"), (text, "text_encoder") };
         void Load(string prefix)

@@ -50,6 +50,36 @@ public class InstructTrainerTests
         Assert.True(weights["conv_in.bias"].eq(oldWeights["conv_in.bias"]).all().item<bool>());
     }
 
+    [Theory]
+    [InlineData(2)]
+    [InlineData(3)]
+    public void The_deepened_unet_computes_what_the_old_one_does_until_trained(int layers)
+    {
+        using var model = StableDiffusionModel.Load(ShippedModelTests.Folder, ModelPlacement.Cpu);
+        Assert.Equal(1, model.UNet.Config.LayersPerBlock);
+        using var deeper = InstructTrainer.Deepen(model.UNet, layers, seed: 3);
+        Assert.Equal(layers, deeper.Config.LayersPerBlock);
+        using var g = new Generator(12, CPU);
+        using var x = randn([2, 4, 16, 16], generator: g);
+        using var t = tensor(new float[] { 10, 700 });
+        using var context = randn([2, model.Tokenizer.MaxLength, model.UNet.Config.CrossAttentionDim], generator: g);
+        using var _ = no_grad();
+        using var old = model.UNet.forward(x, t, context);
+        using var deep = deeper.forward(x, t, context);
+        Assert.True((old - deep).abs().max().item<float>() < 1e-5f, $"max difference {(old - deep).abs().max().item<float>()}");
+        // Each block gained layers - 1 ResNets (the down blocks) or as many (the up blocks), with their transformers.
+        int Count(nn.Module m, string part) => m.named_parameters().Select(p => p.name).Where(n => n.Contains(part)).Select(n => string.Join('.', n.Split('.').Take(4))).Distinct().Count();
+        int blocks = model.UNet.Config.BlockOutChannels.Length;
+        Assert.Equal(Count(model.UNet, "resnets") + 2 * blocks * (layers - 1), Count(deeper, "resnets"));
+        Assert.Equal(Count(model.UNet, "attentions") + 2 * (blocks - 1) * (layers - 1), Count(deeper, "attentions"));
+        // Trained, the new layers change the output: they are in the computation, not beside it.
+        using (no_grad())
+            foreach (var (name, p) in deeper.named_parameters().Where(p => p.name.StartsWith("up_blocks.0.resnets.1.conv2"))) p.add_(0.1);
+        using var changed = deeper.forward(x, t, context);
+        Assert.True((old - changed).abs().max().item<float>() > 1e-3f);
+        Assert.Contains("deeper, not shallower", Assert.Throws<UserError>(() => InstructTrainer.Deepen(deeper, 1, 0)).Message);
+    }
+
     [Fact]
     public void Dropout_drops_the_text_the_image_and_both_five_percent_each()
     {
@@ -177,8 +207,8 @@ public class InstructTrainerTests
         var output = dir.File("flipped");
         new InstructTrainer(Tiny(dir.File("dataset"), output) with { RandomFlip = true, Steps = 1 }).Run();
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), output) with { Steps = 2 }).Run());
-        Assert.Contains("batch 2, random flip, attention loss 0, EMA decay 0; now pairs 2", error.Message);
-        Assert.Contains("batch 2, no flip, attention loss 0, EMA decay 0).", error.Message);
+        Assert.Contains("batch 2, random flip, attention loss 0, EMA decay 0, the init's layers per block; now pairs 2", error.Message);
+        Assert.Contains("batch 2, no flip, attention loss 0, EMA decay 0, the init's layers per block).", error.Message);
 
         // An optimizer state of another layout (one parameter group, as runs before --conv-in-learning-rate wrote).
         using (var other = optim.AdamW(nn.Linear(2, 2).parameters(), lr: 1e-3))
@@ -233,8 +263,8 @@ public class InstructTrainerTests
         WriteDataset(dir.Path, 2);
         new InstructTrainer(Tiny(dir.File("dataset"), dir.File("bound")) with { Steps = 1, AttentionLossWeight = 1 }).Run();
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("bound")) with { Steps = 2 }).Run());
-        Assert.Contains("attention loss 1, EMA decay 0; now", error.Message);
-        Assert.Contains("attention loss 0, EMA decay 0).", error.Message);
+        Assert.Contains("attention loss 1, EMA decay 0, the init's layers per block; now", error.Message);
+        Assert.Contains("attention loss 0, EMA decay 0, the init's layers per block).", error.Message);
         Assert.Equal("--attention-loss must be 0 or more; got -1.",
             Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("x")) with { AttentionLossWeight = -1 }).Run()).Message);
     }
@@ -275,10 +305,34 @@ public class InstructTrainerTests
         Assert.False(saved.eq(Weight("unet.safetensors")).all().item<bool>());
 
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, straight) with { Steps = 4 }).Run());
-        Assert.Contains("attention loss 0, EMA decay 0.9; now", error.Message);
-        Assert.EndsWith("attention loss 0, EMA decay 0). Use another --out, or delete " + Path.Combine(straight, "checkpoint", "") + ".", error.Message);
+        Assert.Contains("attention loss 0, EMA decay 0.9, the init's layers per block; now", error.Message);
+        Assert.EndsWith("attention loss 0, EMA decay 0, the init's layers per block). Use another --out, or delete " + Path.Combine(straight, "checkpoint", "") + ".", error.Message);
         Assert.Equal("--ema-decay must be at least 0 (off) and below 1; got 1.",
             Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, dir.File("x")) with { EmaDecay = 1 }).Run()).Message);
+    }
+
+    [Fact]
+    public void A_deepened_run_resumes_to_the_same_model_saves_the_deeper_config_and_the_depth_belongs_to_the_run()
+    {
+        using var dir = new TempDir();
+        WriteDataset(dir.Path, 2);
+        var data = dir.File("dataset");
+        var straight = dir.File("straight");
+        new InstructTrainer(Tiny(data, straight) with { LayersPerBlock = 2 }).Run();
+        var resumed = dir.File("resumed");
+        for (int run = 0; run < 3; run++) new InstructTrainer(Tiny(data, resumed, minutes: 0) with { LayersPerBlock = 2 }).Run();   // one step per run
+        using var a = StableDiffusionModel.Load(straight, ModelPlacement.Cpu);
+        using var b = StableDiffusionModel.Load(resumed, ModelPlacement.Cpu);
+        Assert.Equal(2, a.UNet.Config.LayersPerBlock);
+        Assert.True(a.IsInstructPix2Pix);
+        Assert.Equal(a.Fingerprint, b.Fingerprint);
+
+        var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, straight) with { Steps = 4 }).Run());
+        Assert.Contains("EMA decay 0, 2 layers per block; now", error.Message);
+        Assert.Equal("--layers-per-block must be at least 1; got 0.",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, dir.File("x")) with { LayersPerBlock = 0 }).Run()).Message);
+        Assert.StartsWith("--layers-per-block 1: the model already has 2 layers per block",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, dir.File("y")) with { InitModel = straight, LayersPerBlock = 1 }).Run()).Message);
     }
 
     static Tensor ShippedWeights(string name)
