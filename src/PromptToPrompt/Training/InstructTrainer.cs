@@ -52,7 +52,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
 
     /// <summary>What a checkpoint was trained on; a resume with other data or another start is refused.</summary>
     sealed record State(int Step, double ElapsedSeconds, int Pairs, string Init, long Seed, int Batch, bool RandomFlip = false, double AttentionLoss = 0,
-        double Ema = 0, int LayersPerBlock = 0);
+        double Ema = 0, int? LayersPerBlock = null);
 
     /// <summary>
     /// A copy of <paramref name="unet"/> whose <c>conv_in</c> takes <paramref name="extraChannels"/> more input channels:
@@ -136,18 +136,18 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var pairs = sets.SelectMany(set => set.Pairs).ToList();
         using var init = StableDiffusionModel.Load(options.InitModel, new ModelPlacement(CPU, ScalarType.Float32), log);
         var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip, options.AttentionLossWeight, options.EmaDecay,
-            options.LayersPerBlock ?? 0);
+            options.LayersPerBlock);
         var expected = state with
         {
             Pairs = pairs.Count, Init = init.Name, Seed = options.Seed, Batch = options.Batch, RandomFlip = options.RandomFlip,
-            AttentionLoss = options.AttentionLossWeight, Ema = options.EmaDecay, LayersPerBlock = options.LayersPerBlock ?? 0,
+            AttentionLoss = options.AttentionLossWeight, Ema = options.EmaDecay, LayersPerBlock = options.LayersPerBlock,
         };
         static string Flip(bool on) => on ? "random flip" : "no flip";
-        static string Layers(int n) => n == 0 ? "the init's layers per block" : $"{n} layers per block";
+        static string Layers(int? n) => n is null ? "the init's layers per block" : $"{n} layers per block";
         if (state != expected)
             throw new UserError($"{options.OutDir} holds a training run with other settings (pairs {state.Pairs}, init {state.Init}, seed {state.Seed}, batch {state.Batch}, {Flip(state.RandomFlip)}, attention loss {state.AttentionLoss}, EMA decay {state.Ema}, {Layers(state.LayersPerBlock)}; " +
                                 $"now pairs {pairs.Count}, init {init.Name}, seed {options.Seed}, batch {options.Batch}, {Flip(options.RandomFlip)}, attention loss {options.AttentionLossWeight}, " +
-                                $"EMA decay {options.EmaDecay}, {Layers(options.LayersPerBlock ?? 0)}). Use another --out, or delete {Checkpoint("")}.");
+                                $"EMA decay {options.EmaDecay}, {Layers(options.LayersPerBlock)}). Use another --out, or delete {Checkpoint("")}.");
         if (state.Step >= options.Steps && state.Step > 0)
         {
             log?.Invoke($"{options.OutDir} is already trained ({state.Step} steps); pass a larger --steps to train it further.");
@@ -162,11 +162,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
                                     "Generate the dataset with the model it trains (p2p dataset generate --model ...).");
         }
 
-        // A text-to-image model's conv_in is widened for the image latent; an instruction model's already takes it. With
-        // --layers-per-block the UNet is then made deeper (the new layers start as the identity).
-        using var widened = Widen(init.UNet, init.IsInstructPix2Pix ? 0 : init.LatentChannels);
-        using var deeper = options.LayersPerBlock is int layers ? Deepen(widened, layers, options.Seed) : null;
-        var unet = deeper ?? widened;
+        using var unet = TrainedUNet(init);
         var text = init.TextEncoder;
         var modules = new (nn.Module Module, string Name)[] { (unet, "unet"), (text, "text_encoder") };
         void Load(string prefix)
@@ -316,6 +312,17 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var flipped = new bool[mask.Length];
         for (int i = 0; i < mask.Length; i++) flipped[i] = mask[i / w * w + (w - 1 - i % w)];
         return (scene with { Objects = [scene.Objects[0] with { Mask = flipped }] }, caption);
+    }
+
+    /// <summary>
+    /// The UNet to train: a text-to-image model's with <c>conv_in</c> widened for the image latent (an instruction model's
+    /// already takes it), then, with <c>--layers-per-block</c>, made deeper (the widened copy freed at once).
+    /// </summary>
+    UNet2DConditionModel TrainedUNet(StableDiffusionModel init)
+    {
+        var widened = Widen(init.UNet, init.IsInstructPix2Pix ? 0 : init.LatentChannels);
+        if (options.LayersPerBlock is not int layers) return widened;
+        using (widened) return Deepen(widened, layers, options.Seed);
     }
 
     /// <summary>

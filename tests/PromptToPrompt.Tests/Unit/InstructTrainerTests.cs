@@ -284,19 +284,30 @@ public class InstructTrainerTests
         Assert.Equal(new float[] { 11, 12 }, w.data<float>().ToArray());
     }
 
+    /// <summary>
+    /// Trains <see cref="Tiny"/> with <paramref name="settings"/> in one run and in three one-step runs, each resuming the
+    /// last, and asserts both give the same model; returns the dataset and the one run's folder.
+    /// </summary>
+    static (string Data, string Straight) TrainedInOneRunAndResumed(TempDir dir, Func<InstructTrainingOptions, InstructTrainingOptions> settings)
+    {
+        WriteDataset(dir.Path, 2);
+        var data = dir.File("dataset");
+        var straight = dir.File("straight");
+        new InstructTrainer(settings(Tiny(data, straight))).Run();
+        var resumed = dir.File("resumed");
+        for (int run = 0; run < 3; run++) new InstructTrainer(settings(Tiny(data, resumed, minutes: 0))).Run();   // one step per run
+        using var a = StableDiffusionModel.Load(straight, ModelPlacement.Cpu);
+        using var b = StableDiffusionModel.Load(resumed, ModelPlacement.Cpu);
+        Assert.Equal(a.Fingerprint, b.Fingerprint);
+        return (data, straight);
+    }
+
     [Fact]
     public void With_ema_the_model_is_the_averaged_weights_resumed_alike_and_the_decay_belongs_to_the_run()
     {
         using var dir = new TempDir();
-        WriteDataset(dir.Path, 2);
-        var data = dir.File("dataset");
-        var straight = dir.File("straight");
-        new InstructTrainer(Tiny(data, straight) with { EmaDecay = 0.9 }).Run();
-        var resumed = dir.File("resumed");
-        for (int run = 0; run < 3; run++) new InstructTrainer(Tiny(data, resumed, minutes: 0) with { EmaDecay = 0.9 }).Run();   // one step per run
+        var (data, straight) = TrainedInOneRunAndResumed(dir, o => o with { EmaDecay = 0.9 });
         using var a = StableDiffusionModel.Load(straight, ModelPlacement.Cpu);
-        using var b = StableDiffusionModel.Load(resumed, ModelPlacement.Cpu);
-        Assert.Equal(a.Fingerprint, b.Fingerprint);
 
         // The folder holds the averages (fp16), not the last weights, which the checkpoint keeps for the next steps.
         Tensor Weight(string file) { using var source = Loading.TensorSource.Open("unet", Path.Combine(straight, "checkpoint", file)); return source.Read("conv_out.weight").to(ScalarType.Float16); }
@@ -315,17 +326,12 @@ public class InstructTrainerTests
     public void A_deepened_run_resumes_to_the_same_model_saves_the_deeper_config_and_the_depth_belongs_to_the_run()
     {
         using var dir = new TempDir();
-        WriteDataset(dir.Path, 2);
-        var data = dir.File("dataset");
-        var straight = dir.File("straight");
-        new InstructTrainer(Tiny(data, straight) with { LayersPerBlock = 2 }).Run();
-        var resumed = dir.File("resumed");
-        for (int run = 0; run < 3; run++) new InstructTrainer(Tiny(data, resumed, minutes: 0) with { LayersPerBlock = 2 }).Run();   // one step per run
-        using var a = StableDiffusionModel.Load(straight, ModelPlacement.Cpu);
-        using var b = StableDiffusionModel.Load(resumed, ModelPlacement.Cpu);
-        Assert.Equal(2, a.UNet.Config.LayersPerBlock);
-        Assert.True(a.IsInstructPix2Pix);
-        Assert.Equal(a.Fingerprint, b.Fingerprint);
+        var (data, straight) = TrainedInOneRunAndResumed(dir, o => o with { LayersPerBlock = 2 });
+        using (var a = StableDiffusionModel.Load(straight, ModelPlacement.Cpu))
+        {
+            Assert.Equal(2, a.UNet.Config.LayersPerBlock);
+            Assert.True(a.IsInstructPix2Pix);
+        }
 
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, straight) with { Steps = 4 }).Run());
         Assert.Contains("EMA decay 0, 2 layers per block; now", error.Message);
