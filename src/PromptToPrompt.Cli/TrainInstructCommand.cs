@@ -25,15 +25,21 @@ static class TrainInstructCommand
         var attention = new Option<double>("--attention-loss") { Description = "Weight of the attention localisation loss binding the instruction's shape and colour words to the region the edit changed (0: off)." };
         var ema = new Option<double>("--ema-decay") { Description = "Save the exponential moving average of the weights with this decay (diffusers' EMAModel, warmed up; e.g. 0.999; 0: off, the last weights)." };
         var layers = new Option<int?>("--layers-per-block") { Description = "Make the UNet deeper: this many layers per block (more than the --init model's; the new ones start as the identity)." };
+        var snrGamma = new Option<double>("--snr-gamma") { Description = "Weight each sample's loss by min(SNR, gamma)/SNR (Min-SNR, as diffusers' --snr_gamma; e.g. 5; 0: off)." };
+        var editWeight = new Option<double>("--edit-weight")
+        {
+            Description = "Count the latents the pair's edit changed this many times in the loss (1: every latent alike).", DefaultValueFactory = _ => defaults.EditWeight,
+        };
         var command = new Command("train-instruct", "Train an InstructPix2Pix model from a text-to-image model and a p2p dataset (saved as a diffusers folder).")
         {
-            data, output, init, minutes, seed, steps, batch, rate, flip, convIn, attention, ema, layers,
+            data, output, init, minutes, seed, steps, batch, rate, flip, convIn, attention, ema, layers, snrGamma, editWeight,
         };
         command.SetAction(r => CliSupport.Run(() =>
         {
             var options = new InstructTrainingOptions(r.GetValue(data)!, r.GetValue(output)!, r.GetValue(init) ?? CliSupport.DefaultModel(), r.GetValue(seed),
                 r.GetValue(steps), r.GetValue(batch), r.GetValue(minutes), r.GetValue(rate), RandomFlip: r.GetValue(flip), ConvInLearningRate: r.GetValue(convIn),
-                AttentionLossWeight: r.GetValue(attention), EmaDecay: r.GetValue(ema), LayersPerBlock: r.GetValue(layers));
+                AttentionLossWeight: r.GetValue(attention), EmaDecay: r.GetValue(ema), LayersPerBlock: r.GetValue(layers),
+                SnrGamma: r.GetValue(snrGamma), EditWeight: r.GetValue(editWeight));
             return TrainShapesCommand.RunResumable(new InstructTrainer(options, CliSupport.Warn).Run);
         }));
         return command;

@@ -16,7 +16,8 @@ namespace PromptToPrompt.Training;
 public sealed record InstructTrainingOptions(
     IReadOnlyList<string> DataDirs, string OutDir, string InitModel, long Seed = 0, int Steps = 4000, int Batch = 32, double? Minutes = null,
     double LearningRate = 2e-4, double ConditioningDropout = 0.05, int CheckpointEverySteps = 500, bool RandomFlip = false,
-    double? ConvInLearningRate = null, double AttentionLossWeight = 0, double EmaDecay = 0, int? LayersPerBlock = null)
+    double? ConvInLearningRate = null, double AttentionLossWeight = 0, double EmaDecay = 0, int? LayersPerBlock = null, double SnrGamma = 0,
+    double EditWeight = 1)
 {
     public void Validate()
     {
@@ -30,6 +31,8 @@ public sealed record InstructTrainingOptions(
         Check(double.IsFinite(LearningRate) && LearningRate > 0, $"--learning-rate must be a positive number; got {LearningRate}.");
         Check(ConvInLearningRate is null || double.IsFinite(ConvInLearningRate.Value) && ConvInLearningRate > 0, $"--conv-in-learning-rate must be a positive number; got {ConvInLearningRate}.");
         Check(double.IsFinite(AttentionLossWeight) && AttentionLossWeight >= 0, $"--attention-loss must be 0 or more; got {AttentionLossWeight}.");
+        Check(double.IsFinite(SnrGamma) && SnrGamma >= 0, $"--snr-gamma must be 0 (off) or more; got {SnrGamma}.");
+        Check(double.IsFinite(EditWeight) && EditWeight >= 1, $"--edit-weight must be at least 1 (1: every latent alike); got {EditWeight}.");
         Check(LayersPerBlock is null or >= 1, $"--layers-per-block must be at least 1; got {LayersPerBlock}.");
         Check(EmaDecay is >= 0 and < 1, $"--ema-decay must be at least 0 (off) and below 1; got {EmaDecay}.");
         Check(ConditioningDropout is >= 0 and <= 1.0 / 3, "the conditioning dropout must be between 0 and 1/3 (it is applied three times: text, image, both).");
@@ -52,7 +55,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
 
     /// <summary>What a checkpoint was trained on; a resume with other data or another start is refused.</summary>
     sealed record State(int Step, double ElapsedSeconds, int Pairs, string Init, long Seed, int Batch, bool RandomFlip = false, double AttentionLoss = 0,
-        double Ema = 0, int? LayersPerBlock = null);
+        double Ema = 0, int? LayersPerBlock = null, double SnrGamma = 0, double EditWeight = 1);
 
     /// <summary>
     /// A copy of <paramref name="unet"/> whose <c>conv_in</c> takes <paramref name="extraChannels"/> more input channels:
@@ -135,19 +138,15 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var sets = options.DataDirs.Select(dir => (Dir: dir, Pairs: DatasetIndex.ReadPairs(dir))).ToList();
         var pairs = sets.SelectMany(set => set.Pairs).ToList();
         using var init = StableDiffusionModel.Load(options.InitModel, new ModelPlacement(CPU, ScalarType.Float32), log);
-        var state = ReadState() ?? new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip, options.AttentionLossWeight, options.EmaDecay,
-            options.LayersPerBlock);
-        var expected = state with
-        {
-            Pairs = pairs.Count, Init = init.Name, Seed = options.Seed, Batch = options.Batch, RandomFlip = options.RandomFlip,
-            AttentionLoss = options.AttentionLossWeight, Ema = options.EmaDecay, LayersPerBlock = options.LayersPerBlock,
-        };
-        static string Flip(bool on) => on ? "random flip" : "no flip";
-        static string Layers(int? n) => n is null ? "the init's layers per block" : $"{n} layers per block";
-        if (state != expected)
-            throw new UserError($"{options.OutDir} holds a training run with other settings (pairs {state.Pairs}, init {state.Init}, seed {state.Seed}, batch {state.Batch}, {Flip(state.RandomFlip)}, attention loss {state.AttentionLoss}, EMA decay {state.Ema}, {Layers(state.LayersPerBlock)}; " +
-                                $"now pairs {pairs.Count}, init {init.Name}, seed {options.Seed}, batch {options.Batch}, {Flip(options.RandomFlip)}, attention loss {options.AttentionLossWeight}, " +
-                                $"EMA decay {options.EmaDecay}, {Layers(options.LayersPerBlock)}). Use another --out, or delete {Checkpoint("")}.");
+        var expected = new State(0, 0, pairs.Count, init.Name, options.Seed, options.Batch, options.RandomFlip, options.AttentionLossWeight, options.EmaDecay,
+            options.LayersPerBlock, options.SnrGamma, options.EditWeight);
+        var state = ReadState() ?? expected;
+        static string Settings(State s) =>
+            $"pairs {s.Pairs}, init {s.Init}, seed {s.Seed}, batch {s.Batch}, {(s.RandomFlip ? "random flip" : "no flip")}, attention loss {s.AttentionLoss}, " +
+            $"EMA decay {s.Ema}, {(s.LayersPerBlock is int n ? $"{n} layers per block" : "the init's layers per block")}, SNR gamma {s.SnrGamma}, edit weight {s.EditWeight}";
+        if (state != expected with { Step = state.Step, ElapsedSeconds = state.ElapsedSeconds })
+            throw new UserError($"{options.OutDir} holds a training run with other settings ({Settings(state)}; now {Settings(expected)}). " +
+                                $"Use another --out, or delete {Checkpoint("")}.");
         if (state.Step >= options.Steps && state.Step > 0)
         {
             log?.Invoke($"{options.OutDir} is already trained ({state.Step} steps); pass a larger --steps to train it further.");
@@ -179,6 +178,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var (imageLatents, editLatents) = Encode(init, pairs, options.RandomFlip);
         using var _1 = imageLatents;
         using var _2 = editLatents;
+        using var changed = options.EditWeight > 1 ? ChangedLatents(pairs, (int)editLatents.shape[2], options.RandomFlip) : null;
         var tokenizer = init.Tokenizer;
         var instructionIds = pairs.Select(p => tokenizer.Tokenize(p.Instruction).Ids).ToArray();
         var emptyIds = tokenizer.Tokenize("").Ids;
@@ -239,6 +239,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var alphas = new Schedulers.NoiseSchedule(init.Scheduler).AlphasCumprod;
         using var sqrtA = tensor(alphas.Select(a => MathF.Sqrt(a)).ToArray());
         using var sqrtB = tensor(alphas.Select(a => MathF.Sqrt(1 - a)).ToArray());
+        using var snr = tensor(alphas.Select(a => a / (1 - a)).ToArray());
         double p = options.ConditioningDropout;
         for (int step = state.Step; step < options.Steps; step++)
         {
@@ -261,7 +262,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
                 indices.Select((k, i) => dropped[i].Text ? null : bound[(int)k]).ToList(), (int)x0.shape[2], CPU);
             Tensor predicted;
             using (unet.Hooks.Use(localisation)) predicted = unet.forward(cat([xt, image], 1), t.to(ScalarType.Float32), text.forward(ids));
-            var loss = F.mse_loss(predicted, noise);
+            var loss = Loss(predicted, noise, changed?.index_select(0, index), options.EditWeight, snr[t], options.SnrGamma);
             if (localisation is not null) loss = loss + options.AttentionLossWeight * localisation.Loss();
             optimizer.zero_grad();
             loss.backward();
@@ -285,6 +286,53 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
     }
 
     /// <summary>
+    /// The denoising loss: the mean squared error of the predicted noise, where each latent in the edit's changed region
+    /// (<paramref name="changed"/>, [B, 1, h, w], 1 inside) counts <paramref name="editWeight"/> times as much as the others
+    /// (a weighted mean per sample), and each sample is weighted by min(SNR, γ) / SNR (Hang et al. 2023, "Min-SNR"; as
+    /// diffusers' <c>--snr_gamma</c> for a noise-predicting model) when <paramref name="snrGamma"/> is above 0. Neither
+    /// moves the loss's minimum (the best prediction of each latent at each step); they share the model's capacity out
+    /// differently: more to the edited object, more to the noisy steps where its shape is decided. Both off, the plain
+    /// mean squared error.
+    /// </summary>
+    public static Tensor Loss(Tensor predicted, Tensor noise, Tensor? changed, double editWeight, Tensor snr, double snrGamma)
+    {
+        if (changed is null && snrGamma == 0) return F.mse_loss(predicted, noise);
+        var error = (predicted - noise).square();
+        Tensor perSample;
+        if (changed is null) perSample = error.mean([1, 2, 3]);
+        else
+        {
+            var weights = (1 + (editWeight - 1) * changed).expand_as(error);
+            perSample = (error * weights).sum([1, 2, 3]) / weights.sum([1, 2, 3]);
+        }
+        if (snrGamma > 0) perSample = perSample * snr.clamp_max(snrGamma) / snr;
+        return perSample.mean();
+    }
+
+    /// <summary>Pixels where the pair's input and edited image differ by more than a quarter of the range in some channel.</summary>
+    static bool[] ChangedPixels(InstructionPair pair)
+    {
+        var (a, b) = (pair.Input.Pixels, pair.Edited.Pixels);
+        var mask = new bool[pair.Input.Width * pair.Input.Height];
+        for (int i = 0; i < mask.Length; i++)
+            for (int c = 0; c < 3; c++) mask[i] |= Math.Abs(a[3 * i + c] - b[3 * i + c]) > 64;
+        return mask;
+    }
+
+    /// <summary>
+    /// Which latents each pair's edit changed, [N, 1, h, w] (1: a changed pixel lies in the latent's cell); with
+    /// <paramref name="mirrored"/> [2N, 1, h, w], the second half mirrored, as <see cref="Encode"/> orders the latents.
+    /// </summary>
+    public static Tensor ChangedLatents(IReadOnlyList<InstructionPair> pairs, int latentSize, bool mirrored)
+    {
+        using var scope = NewDisposeScope();
+        var masks = pairs.Select(pair => tensor(ChangedPixels(pair).Select(m => m ? 1f : 0f).ToArray(), [1, 1, pair.Input.Height, pair.Input.Width])).ToArray();
+        var pixels = cat(masks, 0);
+        var latents = F.max_pool2d(pixels, pairs[0].Input.Width / latentSize);
+        return (mirrored ? cat([latents, latents.flip(3)], 0) : latents).MoveToOuterDisposeScope();
+    }
+
+    /// <summary>
     /// What <c>--attention-loss</c> binds in a pair: the instruction's shape and colour words own the region the edit
     /// changed (pixels where input and edited image differ by more than a quarter of the range in some channel: the
     /// recoloured, reshaped, resized, added or removed object), the other words are free. Null when the instruction
@@ -292,10 +340,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
     /// </summary>
     public static (Scene Scene, CaptionWords Caption)? ChangedRegion(InstructionPair pair, Text.ClipTokenizer tokenizer)
     {
-        var (a, b) = (pair.Input.Pixels, pair.Edited.Pixels);
-        var mask = new bool[pair.Input.Width * pair.Input.Height];
-        for (int i = 0; i < mask.Length; i++)
-            for (int c = 0; c < 3; c++) mask[i] |= Math.Abs(a[3 * i + c] - b[3 * i + c]) > 64;
+        var mask = ChangedPixels(pair);
         int changed = mask.Count(m => m);
         var words = pair.Instruction.Split(' ', StringSplitOptions.RemoveEmptyEntries)
             .Select(w => (w, Scenes.ShapeOf(w) is not null || Scenes.Colours.ContainsKey(w) ? 0 : CaptionWords.Free)).ToList();

@@ -207,8 +207,8 @@ public class InstructTrainerTests
         var output = dir.File("flipped");
         new InstructTrainer(Tiny(dir.File("dataset"), output) with { RandomFlip = true, Steps = 1 }).Run();
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), output) with { Steps = 2 }).Run());
-        Assert.Contains("batch 2, random flip, attention loss 0, EMA decay 0, the init's layers per block; now pairs 2", error.Message);
-        Assert.Contains("batch 2, no flip, attention loss 0, EMA decay 0, the init's layers per block).", error.Message);
+        Assert.Contains("batch 2, random flip, attention loss 0, EMA decay 0, the init's layers per block, SNR gamma 0, edit weight 1; now pairs 2", error.Message);
+        Assert.Contains("batch 2, no flip, attention loss 0, EMA decay 0, the init's layers per block, SNR gamma 0, edit weight 1).", error.Message);
 
         // An optimizer state of another layout (one parameter group, as runs before --conv-in-learning-rate wrote).
         using (var other = optim.AdamW(nn.Linear(2, 2).parameters(), lr: 1e-3))
@@ -263,8 +263,8 @@ public class InstructTrainerTests
         WriteDataset(dir.Path, 2);
         new InstructTrainer(Tiny(dir.File("dataset"), dir.File("bound")) with { Steps = 1, AttentionLossWeight = 1 }).Run();
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("bound")) with { Steps = 2 }).Run());
-        Assert.Contains("attention loss 1, EMA decay 0, the init's layers per block; now", error.Message);
-        Assert.Contains("attention loss 0, EMA decay 0, the init's layers per block).", error.Message);
+        Assert.Contains("attention loss 1, EMA decay 0, the init's layers per block, SNR gamma 0, edit weight 1; now", error.Message);
+        Assert.Contains("attention loss 0, EMA decay 0, the init's layers per block, SNR gamma 0, edit weight 1).", error.Message);
         Assert.Equal("--attention-loss must be 0 or more; got -1.",
             Assert.Throws<UserError>(() => new InstructTrainer(Tiny(dir.File("dataset"), dir.File("x")) with { AttentionLossWeight = -1 }).Run()).Message);
     }
@@ -316,8 +316,8 @@ public class InstructTrainerTests
         Assert.False(saved.eq(Weight("unet.safetensors")).all().item<bool>());
 
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, straight) with { Steps = 4 }).Run());
-        Assert.Contains("attention loss 0, EMA decay 0.9, the init's layers per block; now", error.Message);
-        Assert.EndsWith("attention loss 0, EMA decay 0, the init's layers per block). Use another --out, or delete " + Path.Combine(straight, "checkpoint", "") + ".", error.Message);
+        Assert.Contains("attention loss 0, EMA decay 0.9, the init's layers per block, SNR gamma 0, edit weight 1; now", error.Message);
+        Assert.EndsWith("attention loss 0, EMA decay 0, the init's layers per block, SNR gamma 0, edit weight 1). Use another --out, or delete " + Path.Combine(straight, "checkpoint", "") + ".", error.Message);
         Assert.Equal("--ema-decay must be at least 0 (off) and below 1; got 1.",
             Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, dir.File("x")) with { EmaDecay = 1 }).Run()).Message);
     }
@@ -334,11 +334,62 @@ public class InstructTrainerTests
         }
 
         var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, straight) with { Steps = 4 }).Run());
-        Assert.Contains("EMA decay 0, 2 layers per block; now", error.Message);
+        Assert.Contains("EMA decay 0, 2 layers per block, SNR gamma 0, edit weight 1; now", error.Message);
         Assert.Equal("--layers-per-block must be at least 1; got 0.",
             Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, dir.File("x")) with { LayersPerBlock = 0 }).Run()).Message);
         Assert.StartsWith("--layers-per-block 1: the model already has 2 layers per block",
             Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, dir.File("y")) with { InitModel = straight, LayersPerBlock = 1 }).Run()).Message);
+    }
+
+    [Fact]
+    public void The_loss_counts_the_edited_latents_more_and_weights_samples_by_min_snr()
+    {
+        using var noise = zeros(2, 1, 2, 2);
+        using var predicted = tensor(new float[] { 2, 0, 0, 0, 1, 1, 1, 1 }, [2, 1, 2, 2]);
+        using var snr = tensor(new float[] { 9, 1 });
+        float Loss(Tensor? changed, double editWeight, double gamma) { using var l = InstructTrainer.Loss(predicted, noise, changed, editWeight, snr, gamma); return l.item<float>(); }
+        Assert.Equal(1f, Loss(null, 1, 0));   // plain mean: (4 + 4) / 8
+        // Only the first latent of the first sample changed; counted 3 times, that sample's loss is 3 * 4 / 6 = 2.
+        using var changed = tensor(new float[] { 1, 0, 0, 0, 0, 0, 0, 0 }, [2, 1, 2, 2]);
+        Assert.Equal(1.5f, Loss(changed, 3, 0), 6);   // (2 + 1) / 2
+        Assert.Equal(1f, Loss(changed, 1, 0), 6);     // weight 1: the plain mean
+        // gamma 5: the first sample (SNR 9) weighs 5/9, the second (SNR 1) 1.
+        Assert.Equal((float)((5.0 / 9 + 1) / 2), Loss(null, 1, 5), 6);
+        Assert.Equal((float)((2 * 5.0 / 9 + 1) / 2), Loss(changed, 3, 5), 6);
+    }
+
+    [Fact]
+    public void The_changed_latents_are_the_cells_holding_a_recoloured_pixel_mirrored_with_the_pair()
+    {
+        var scenes = new Scenes(64);
+        Scene Draw(string circle) => scenes.Render([("circle", circle, "large", 20, 20, 12), ("square", "red", "large", 46, 46, 10)], "black", false);
+        var scene = Draw("blue");
+        var pair = new InstructionPair(scene.Image, "make the circle purple", Draw("purple").Image);
+        using var latents = InstructTrainer.ChangedLatents([pair], 8, mirrored: true);
+        Assert.Equal([2L, 1, 8, 8], latents.shape);
+        var mask = scene.Objects[0].Mask;
+        for (int y = 0; y < 8; y++)
+            for (int x = 0; x < 8; x++)
+            {
+                bool any = Enumerable.Range(0, 64).Any(k => mask[(8 * y + k / 8) * 64 + 8 * x + k % 8]);
+                Assert.Equal(any ? 1f : 0f, latents[0, 0, y, x].item<float>());
+                Assert.Equal(any ? 1f : 0f, latents[1, 0, y, 7 - x].item<float>());
+            }
+        Assert.InRange(latents[0].sum().item<float>(), 9, 25);   // the circle of radius 12 spans 3 to 5 cells a side, not the square
+    }
+
+    [Fact]
+    public void A_weighted_run_resumes_to_the_same_model_and_its_weights_belong_to_the_run()
+    {
+        using var dir = new TempDir();
+        var (data, straight) = TrainedInOneRunAndResumed(dir, o => o with { SnrGamma = 5, EditWeight = 4 });
+        var error = Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, straight) with { Steps = 4, EditWeight = 4 }).Run());
+        Assert.Contains("the init's layers per block, SNR gamma 5, edit weight 4; now", error.Message);
+        Assert.Contains("the init's layers per block, SNR gamma 0, edit weight 4).", error.Message);
+        Assert.Equal("--snr-gamma must be 0 (off) or more; got -1.",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, dir.File("x")) with { SnrGamma = -1 }).Run()).Message);
+        Assert.Equal("--edit-weight must be at least 1 (1: every latent alike); got 0.5.",
+            Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, dir.File("x")) with { EditWeight = 0.5 }).Run()).Message);
     }
 
     static Tensor ShippedWeights(string name)
