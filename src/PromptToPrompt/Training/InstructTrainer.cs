@@ -178,7 +178,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var (imageLatents, editLatents) = Encode(init, pairs, options.RandomFlip);
         using var _1 = imageLatents;
         using var _2 = editLatents;
-        using var changed = options.EditWeight > 1 ? ChangedLatents(pairs, (int)editLatents.shape[2], options.RandomFlip) : null;
+        using var latentWeights = options.EditWeight > 1 ? LatentWeights(pairs, (int)editLatents.shape[2], options.RandomFlip, options.EditWeight) : null;
         var tokenizer = init.Tokenizer;
         var instructionIds = pairs.Select(p => tokenizer.Tokenize(p.Instruction).Ids).ToArray();
         var emptyIds = tokenizer.Tokenize("").Ids;
@@ -239,7 +239,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         var alphas = new Schedulers.NoiseSchedule(init.Scheduler).AlphasCumprod;
         using var sqrtA = tensor(alphas.Select(a => MathF.Sqrt(a)).ToArray());
         using var sqrtB = tensor(alphas.Select(a => MathF.Sqrt(1 - a)).ToArray());
-        using var snr = tensor(alphas.Select(a => a / (1 - a)).ToArray());
+        using var snr = options.SnrGamma > 0 ? tensor(alphas.Select(a => a / (1 - a)).ToArray()) : null;
         double p = options.ConditioningDropout;
         for (int step = state.Step; step < options.Steps; step++)
         {
@@ -262,7 +262,7 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
                 indices.Select((k, i) => dropped[i].Text ? null : bound[(int)k]).ToList(), (int)x0.shape[2], CPU);
             Tensor predicted;
             using (unet.Hooks.Use(localisation)) predicted = unet.forward(cat([xt, image], 1), t.to(ScalarType.Float32), text.forward(ids));
-            var loss = Loss(predicted, noise, changed?.index_select(0, index), options.EditWeight, snr[t], options.SnrGamma);
+            var loss = Loss(predicted, noise, latentWeights?.index_select(0, index), snr?[t], options.SnrGamma);
             if (localisation is not null) loss = loss + options.AttentionLossWeight * localisation.Loss();
             optimizer.zero_grad();
             loss.backward();
@@ -286,27 +286,27 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
     }
 
     /// <summary>
-    /// The denoising loss: the mean squared error of the predicted noise, where each latent in the edit's changed region
-    /// (<paramref name="changed"/>, [B, 1, h, w], 1 inside) counts <paramref name="editWeight"/> times as much as the others
-    /// (a weighted mean per sample), and each sample is weighted by min(SNR, γ) / SNR (Hang et al. 2023, "Min-SNR"; as
-    /// diffusers' <c>--snr_gamma</c> for a noise-predicting model) when <paramref name="snrGamma"/> is above 0. Neither
-    /// moves the loss's minimum (the best prediction of each latent at each step); they share the model's capacity out
-    /// differently: more to the edited object, more to the noisy steps where its shape is decided. Both off, the plain
-    /// mean squared error.
+    /// The denoising loss: the mean squared error of the predicted noise, per sample a mean weighted by
+    /// <paramref name="latentWeights"/> ([B, 1, h, w]; see <see cref="LatentWeights"/>), then, with <paramref name="snr"/>
+    /// (each sample's SNR = ᾱ / (1 − ᾱ), [B]), the samples weighted by min(SNR, γ) / SNR (Hang et al. 2023, "Min-SNR"; as
+    /// diffusers' <c>--snr_gamma</c> for a noise-predicting model: the nearly clean steps weigh less, the noisy ones, where
+    /// an object's shape is decided, 1). Neither moves the loss's minimum (the best prediction of each latent at each step);
+    /// they share the model's capacity out differently. Both null, the plain mean squared error.
     /// </summary>
-    public static Tensor Loss(Tensor predicted, Tensor noise, Tensor? changed, double editWeight, Tensor snr, double snrGamma)
+    public static Tensor Loss(Tensor predicted, Tensor noise, Tensor? latentWeights, Tensor? snr, double snrGamma)
     {
-        if (changed is null && snrGamma == 0) return F.mse_loss(predicted, noise);
+        if (latentWeights is null && snr is null) return F.mse_loss(predicted, noise);
         var error = (predicted - noise).square();
-        Tensor perSample;
-        if (changed is null) perSample = error.mean([1, 2, 3]);
-        else
-        {
-            var weights = (1 + (editWeight - 1) * changed).expand_as(error);
-            perSample = (error * weights).sum([1, 2, 3]) / weights.sum([1, 2, 3]);
-        }
-        if (snrGamma > 0) perSample = perSample * snr.clamp_max(snrGamma) / snr;
-        return perSample.mean();
+        var weights = latentWeights?.expand_as(error);
+        var perSample = weights is null ? error.mean([1, 2, 3]) : (error * weights).sum([1, 2, 3]) / weights.sum([1, 2, 3]);
+        return (snr is null ? perSample : perSample * snr.clamp_max(snrGamma) / snr).mean();
+    }
+
+    /// <summary>Per latent, <paramref name="editWeight"/> where the pair's edit changed it (<see cref="ChangedLatents"/>), else 1.</summary>
+    public static Tensor LatentWeights(IReadOnlyList<InstructionPair> pairs, int latentSize, bool mirrored, double editWeight)
+    {
+        using var changed = ChangedLatents(pairs, latentSize, mirrored);
+        return changed.mul(editWeight - 1).add_(1);
     }
 
     /// <summary>Pixels where the pair's input and edited image differ by more than a quarter of the range in some channel.</summary>
@@ -403,7 +403,9 @@ public sealed class InstructTrainer(InstructTrainingOptions options, Action<stri
         if (!File.Exists(path)) return null;
         try
         {
-            return JsonSerializer.Deserialize<State>(File.ReadAllText(path)) ?? throw new JsonException("empty");
+            var state = JsonSerializer.Deserialize<State>(File.ReadAllText(path)) ?? throw new JsonException("empty");
+            // Runs of the first --layers-per-block release wrote 0 for the init's depth.
+            return state.LayersPerBlock == 0 ? state with { LayersPerBlock = null } : state;
         }
         catch (JsonException e)
         {

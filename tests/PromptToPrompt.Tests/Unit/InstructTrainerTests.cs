@@ -347,15 +347,14 @@ public class InstructTrainerTests
         using var noise = zeros(2, 1, 2, 2);
         using var predicted = tensor(new float[] { 2, 0, 0, 0, 1, 1, 1, 1 }, [2, 1, 2, 2]);
         using var snr = tensor(new float[] { 9, 1 });
-        float Loss(Tensor? changed, double editWeight, double gamma) { using var l = InstructTrainer.Loss(predicted, noise, changed, editWeight, snr, gamma); return l.item<float>(); }
-        Assert.Equal(1f, Loss(null, 1, 0));   // plain mean: (4 + 4) / 8
-        // Only the first latent of the first sample changed; counted 3 times, that sample's loss is 3 * 4 / 6 = 2.
-        using var changed = tensor(new float[] { 1, 0, 0, 0, 0, 0, 0, 0 }, [2, 1, 2, 2]);
-        Assert.Equal(1.5f, Loss(changed, 3, 0), 6);   // (2 + 1) / 2
-        Assert.Equal(1f, Loss(changed, 1, 0), 6);     // weight 1: the plain mean
-        // gamma 5: the first sample (SNR 9) weighs 5/9, the second (SNR 1) 1.
-        Assert.Equal((float)((5.0 / 9 + 1) / 2), Loss(null, 1, 5), 6);
-        Assert.Equal((float)((2 * 5.0 / 9 + 1) / 2), Loss(changed, 3, 5), 6);
+        float Loss(Tensor? latentWeights, Tensor? snr) { using var l = InstructTrainer.Loss(predicted, noise, latentWeights, snr, 5); return l.item<float>(); }
+        Assert.Equal(1f, Loss(null, null));   // plain mean: (4 + 4) / 8
+        // Only the first latent of the first sample counted 3 times: that sample's loss is 3 * 4 / 6 = 2.
+        using var latentWeights = tensor(new float[] { 3, 1, 1, 1, 1, 1, 1, 1 }, [2, 1, 2, 2]);
+        Assert.Equal(1.5f, Loss(latentWeights, null), 6);   // (2 + 1) / 2
+        // Min-SNR at gamma 5: the first sample (SNR 9) weighs 5/9, the second (SNR 1) 1.
+        Assert.Equal((float)((5.0 / 9 + 1) / 2), Loss(null, snr), 6);
+        Assert.Equal((float)((2 * 5.0 / 9 + 1) / 2), Loss(latentWeights, snr), 6);
     }
 
     [Fact]
@@ -376,6 +375,8 @@ public class InstructTrainerTests
                 Assert.Equal(any ? 1f : 0f, latents[1, 0, y, 7 - x].item<float>());
             }
         Assert.InRange(latents[0].sum().item<float>(), 9, 25);   // the circle of radius 12 spans 3 to 5 cells a side, not the square
+        using var weights = InstructTrainer.LatentWeights([pair], 8, mirrored: false, editWeight: 4);
+        Assert.True(weights.eq(1 + 3 * latents[0..1]).all().item<bool>());   // 4 in the changed cells, 1 elsewhere
     }
 
     [Fact]
@@ -390,6 +391,20 @@ public class InstructTrainerTests
             Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, dir.File("x")) with { SnrGamma = -1 }).Run()).Message);
         Assert.Equal("--edit-weight must be at least 1 (1: every latent alike); got 0.5.",
             Assert.Throws<UserError>(() => new InstructTrainer(Tiny(data, dir.File("x")) with { EditWeight = 0.5 }).Run()).Message);
+    }
+
+    [Fact]
+    public void A_checkpoint_of_the_first_depth_release_writing_0_for_the_inits_depth_resumes()
+    {
+        using var dir = new TempDir();
+        WriteDataset(dir.Path, 2);
+        var output = dir.File("old");
+        new InstructTrainer(Tiny(dir.File("dataset"), output) with { Steps = 1 }).Run();
+        var state = Path.Combine(output, "checkpoint", "state.json");
+        File.WriteAllText(state, File.ReadAllText(state).Replace("\"LayersPerBlock\":null", "\"LayersPerBlock\":0"));
+        Assert.Contains("\"LayersPerBlock\":0", File.ReadAllText(state));
+        new InstructTrainer(Tiny(dir.File("dataset"), output) with { Steps = 2 }).Run();
+        Assert.Contains("\"Step\":2", File.ReadAllText(state));
     }
 
     static Tensor ShippedWeights(string name)
